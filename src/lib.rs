@@ -1,0 +1,21 @@
+//! sinkstream: Llama-family language models on WebGPU (wgpu), streaming without end in constant
+//! memory through an attention-sink + ring KV cache (StreamingLLM).
+
+pub mod cache;
+pub mod chat;
+pub mod cpu;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod gpu;
+pub mod model;
+pub mod sampler;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use cache::{CacheRule, Policy};
+pub use engine::{GpuModel, Logits, Session, Stats};
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use model::{Config, Model, RopeLayout};

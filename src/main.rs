@@ -1,0 +1,803 @@
+//! The `sinkstream` command line: generate, chat, measure perplexity and describe the GPU, all
+//! through the library's streaming session. Errors become one `error: ...` line and exit code 1.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use sinkstream::chat::{ChatTemplate, Message};
+use sinkstream::generate::{Chat, Generator, StopReason, Timing};
+use sinkstream::sampler::{Sampler, SamplingConfig};
+use sinkstream::tokenizer::Tokenizer;
+use sinkstream::{Config, Gpu, GpuModel, Logits, Model, Policy, Session, Stats};
+
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Above this many slots a cache is almost surely a typo (it would need gigabytes per layer).
+const MAX_CACHE_FLAG: usize = 1 << 20;
+
+#[derive(Parser)]
+#[command(
+    name = "sinkstream",
+    version,
+    about = "Run Llama-family language models on the GPU through WebGPU, streaming forever in constant memory with an attention-sink KV cache (StreamingLLM).",
+    after_help = "Logs and statistics go to stderr; generated text and results to stdout."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue a prompt; only the generated text goes to stdout, streamed as it is produced.
+    Generate(GenerateArgs),
+    /// Talk to the model in the terminal (/reset, /stats, /quit; Ctrl-C stops a reply).
+    Chat(ChatArgs),
+    /// Perplexity of a text file streamed through the cache (the paper's evaluation).
+    Ppl(PplArgs),
+    /// Describe the GPU adapter (and, with --model, the model).
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf in the current directory,
+    /// else in the sinkstream source tree; scripts/fetch-model.sh downloads it]
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyKind {
+    /// The first S tokens forever plus the last W (StreamingLLM).
+    Sink,
+    /// The last W tokens only (perplexity explodes once the first token is evicted).
+    Window,
+    /// Every token at its absolute position, up to --max-context tokens, then an error.
+    Dense,
+    /// For every token, re-run the model over the last W tokens (good quality, O(W^2) work per token).
+    Recompute,
+}
+
+#[derive(Args)]
+#[command(next_help_heading = "KV cache")]
+struct CacheArgs {
+    /// Which tokens the KV cache keeps
+    #[arg(long, value_enum, default_value = "sink")]
+    policy: PolicyKind,
+    /// Attention sinks: the first S tokens, kept forever (sink policy)
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    sinks: usize,
+    /// Recent tokens kept in the ring, the current token included (sink, window, recompute)
+    #[arg(long, value_name = "W", default_value_t = 1020)]
+    window: usize,
+    /// Most tokens the dense policy holds [default: the model's context length]
+    #[arg(long, value_name = "N")]
+    max_context: Option<usize>,
+    /// Tokens per GPU block when feeding a prompt; more is faster and takes more GPU memory
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch: usize,
+}
+
+impl CacheArgs {
+    /// Checks that need no model, so a typo fails before seconds of loading.
+    fn check(&self) -> Result<()> {
+        if self.window == 0 {
+            bail!("--window must be at least 1 (got 0)");
+        }
+        if self.window > MAX_CACHE_FLAG || self.sinks > MAX_CACHE_FLAG {
+            bail!(
+                "--sinks {} / --window {}: at most {MAX_CACHE_FLAG} each",
+                self.sinks,
+                self.window
+            );
+        }
+        if self.max_context == Some(0) {
+            bail!("--max-context must be at least 1 (got 0)");
+        }
+        if self.max_context.is_some_and(|m| m > 1 << 24) {
+            bail!(
+                "--max-context {} is too large (at most {})",
+                self.max_context.unwrap_or(0),
+                1 << 24
+            );
+        }
+        if self.batch == 0 || self.batch > 4096 {
+            bail!("--batch must be between 1 and 4096 (got {})", self.batch);
+        }
+        Ok(())
+    }
+
+    fn policy(&self, config: &Config) -> Result<Policy> {
+        let p = match self.policy {
+            PolicyKind::Sink => Policy::Sink {
+                sinks: self.sinks,
+                window: self.window,
+            },
+            PolicyKind::Window => Policy::Window {
+                window: self.window,
+            },
+            PolicyKind::Dense => Policy::Dense {
+                max: self.max_context.unwrap_or(config.context_len),
+            },
+            PolicyKind::Recompute => Policy::Recompute {
+                window: self.window,
+            },
+        };
+        p.validate()?;
+        let slots = p.rule().slots();
+        if slots > config.context_len {
+            eprintln!(
+                "warning: a cache of {slots} slots hands out positions up to {}, beyond the model's training context of {} tokens",
+                slots - 1,
+                config.context_len
+            );
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Args)]
+#[command(next_help_heading = "Sampling")]
+struct SamplingArgs {
+    /// Softmax temperature; 0 = greedy (always the most likely token) [default: 0 in generate, 0.3 in chat]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    temperature: Option<f32>,
+    /// Sample only among the K most likely tokens; 0 = off [default: 40]
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities add up to P, in (0, 1]; 1 = off [default: 0.9]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    top_p: Option<f32>,
+    /// Penalize the last 64 tokens: positive logits are divided by R, negative ones multiplied; 1 = off [default: 1 in generate, 1.1 in chat]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    repetition_penalty: Option<f32>,
+    /// Random seed; the same seed and settings give the same text [default: from the clock, printed on stderr]
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    fn config(&self, temperature: f32, repetition_penalty: f32) -> Result<SamplingConfig> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let c = SamplingConfig {
+            temperature: self.temperature.unwrap_or(temperature),
+            top_k: self.top_k.unwrap_or(40),
+            top_p: self.top_p.unwrap_or(0.9),
+            repetition_penalty: self.repetition_penalty.unwrap_or(repetition_penalty),
+            seed,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The text to continue
+    #[arg(long, short)]
+    prompt: String,
+    /// Most tokens to generate
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 128)]
+    max_tokens: usize,
+    /// Wrap the prompt in the model's chat template as a user message (for instruct models)
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    system: Option<String>,
+    /// Keep generating past end-of-text and end-of-turn tokens, up to --max-tokens
+    #[arg(long)]
+    ignore_eos: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// System message that opens the conversation (the template's default if omitted)
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    /// Most tokens per reply
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 512)]
+    max_tokens: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct PplArgs {
+    /// UTF-8 text file to evaluate (tokenized without BOS)
+    #[arg(long, value_name = "FILE")]
+    text: PathBuf,
+    /// Evaluate the first N tokens; 0 = the whole file
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    tokens: usize,
+    /// Tokens per feed; 1 = token by token (the paper's protocol). Every chunk size gives the
+    /// same result up to rounding; the recompute policy always goes token by token
+    #[arg(long, value_name = "C", default_value_t = 64)]
+    chunk: usize,
+    /// Print one JSON object instead of the text report
+    #[arg(long)]
+    json: bool,
+    /// Also write every token's negative log-likelihood to FILE as `index,nll` lines
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Also describe this GGUF model file
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Ppl(a) => ppl(a),
+        Command::Info(a) => info(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // {:#} puts the whole chain of causes on one line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The --model argument, or the default model next to us: the current directory first, then the
+/// source tree this binary was built from (so `target/release/sinkstream` works from anywhere).
+fn model_path(arg: &ModelArgs) -> Result<PathBuf> {
+    let candidates = match &arg.model {
+        Some(p) => vec![p.clone()],
+        None => vec![
+            PathBuf::from(DEFAULT_MODEL),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL),
+        ],
+    };
+    if let Some(p) = candidates.iter().find(|p| p.exists()) {
+        return Ok(p.clone());
+    }
+    let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    bail!(
+        "model file not found ({}); run scripts/fetch-model.sh to download the default model, or pass --model FILE",
+        looked.join(", ")
+    )
+}
+
+/// What every command that runs the model needs; the host copy of the weights is dropped once
+/// they are on the GPU.
+struct Loaded {
+    config: Config,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    stop: Vec<u32>,
+    gpu_model: Arc<GpuModel>,
+    path: PathBuf,
+}
+
+fn load(arg: &ModelArgs) -> Result<Loaded> {
+    let path = model_path(arg)?;
+    let t0 = Instant::now();
+    let model = Model::load(&path)?;
+    let stop = model.stop_tokens();
+    let gpu = Arc::new(Gpu::new_blocking()?);
+    let gpu_model = Arc::new(GpuModel::new(gpu.clone(), &model.config, &model.weights)?);
+    let Model {
+        config,
+        tokenizer,
+        chat_template,
+        ..
+    } = model;
+    eprintln!(
+        "sinkstream: {} on {} in {:.1} s",
+        path.display(),
+        gpu.describe(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Loaded {
+        config,
+        tokenizer,
+        template: chat_template,
+        stop,
+        gpu_model,
+        path,
+    })
+}
+
+/// Writes to stdout and flushes, so text shows up as it is generated. Returns false once the
+/// reader has gone away (`| head`): the caller stops quietly instead of failing.
+fn emit(out: &mut impl Write, text: &str) -> Result<bool> {
+    if text.is_empty() {
+        return Ok(true);
+    }
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
+
+fn stats_line(
+    t: &Timing,
+    s: &Stats,
+    policy: Policy,
+    stop: Option<StopReason>,
+    tok: &Tokenizer,
+) -> String {
+    let why = match stop {
+        Some(StopReason::StopToken(id)) => format!("stopped at {:?}", tok.token_str(id)),
+        Some(StopReason::MaxTokens) => "reached --max-tokens".into(),
+        Some(StopReason::Error) => "failed".into(),
+        None => "cut short".into(),
+    };
+    format!(
+        "sinkstream: {} tokens in {:.2} s ({:.2} tokens/s), prefill {} tokens at {:.1} tokens/s, cache {}/{} slots, policy {policy}, {why}",
+        t.generated_tokens,
+        t.generate_seconds,
+        t.tokens_per_second(),
+        t.prompt_tokens,
+        t.prompt_tokens_per_second(),
+        s.cache_fill,
+        s.cache_slots,
+    )
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    if a.prompt.is_empty() {
+        bail!("the prompt is empty: pass some text with --prompt");
+    }
+    if a.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    a.cache.check()?;
+    let sampling = a.sampling.config(0.0, 1.0)?;
+    let m = load(&a.model)?;
+    let policy = a.cache.policy(&m.config)?;
+    let text = if a.chat {
+        let mut msgs: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
+        msgs.push(Message::new("user", &a.prompt));
+        m.template.render(&msgs, true)?
+    } else {
+        a.prompt.clone()
+    };
+    let ids = m.tokenizer.encode(&text)?;
+    if ids.is_empty() {
+        bail!("the prompt gives no tokens");
+    }
+    if sampling.temperature > 0.0 {
+        eprintln!("sinkstream: sampling with seed {}", sampling.seed);
+    }
+    let session = Session::new(m.gpu_model.clone(), policy, a.cache.batch)?;
+    let stop = if a.ignore_eos {
+        Vec::new()
+    } else {
+        m.stop.clone()
+    };
+    let mut gen = Generator::new(session, Sampler::new(sampling)?, stop);
+    gen.prompt(&ids)?;
+    let mut out = std::io::stdout().lock();
+    let mut stream = gen.stream(&m.tokenizer, a.max_tokens);
+    let mut open = true;
+    for piece in stream.by_ref() {
+        if !emit(&mut out, &piece?)? {
+            open = false;
+            break;
+        }
+    }
+    if open {
+        let rest = stream.finish();
+        emit(&mut out, &rest)?;
+        if out.is_terminal() {
+            emit(&mut out, "\n")?;
+        }
+    }
+    let stop = stream.stop_reason();
+    drop(stream);
+    eprintln!(
+        "{}",
+        stats_line(
+            &gen.timing(),
+            &gen.session().stats(),
+            policy,
+            stop,
+            &m.tokenizer
+        )
+    );
+    Ok(())
+}
+
+/// Ctrl-C: at the prompt it quits; during a reply it only raises INTERRUPTED, so the reply stops
+/// after the token in flight and the session (whose feeds are never cut in half) stays usable.
+static IN_REPLY: AtomicU8 = AtomicU8::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn chat(a: ChatArgs) -> Result<()> {
+    if a.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    a.cache.check()?;
+    // SmolLM2's model card suggests a low temperature; the penalty keeps a small model out of loops.
+    let sampling = a.sampling.config(0.3, 1.1)?;
+    let m = load(&a.model)?;
+    let policy = a.cache.policy(&m.config)?;
+    let session = Session::new(m.gpu_model.clone(), policy, a.cache.batch)?;
+    let gen = Generator::new(session, Sampler::new(sampling)?, m.stop.clone());
+    let mut chat = Chat::new(gen, m.template.clone(), a.system.clone());
+    ctrlc::set_handler(|| {
+        if IN_REPLY.load(Ordering::SeqCst) == 1 {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!();
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    let interactive = std::io::stdin().is_terminal();
+    let seed = if sampling.temperature > 0.0 {
+        format!(", seed {}", sampling.seed)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "sinkstream: chat with {} (policy {policy}{seed}); /reset, /stats, /quit; Ctrl-C stops a reply",
+        m.path.display()
+    );
+    let mut out = std::io::stdout();
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    loop {
+        IN_REPLY.store(0, Ordering::SeqCst);
+        if interactive {
+            emit(&mut out, "> ")?;
+        }
+        line.clear();
+        if stdin.read_line(&mut line).context("reading stdin")? == 0 {
+            if interactive {
+                emit(&mut out, "\n")?;
+            }
+            return Ok(());
+        }
+        let msg = line.trim_end_matches(['\n', '\r']);
+        match msg.trim() {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                chat.reset();
+                eprintln!("(conversation forgotten; the cache is empty)");
+                continue;
+            }
+            "/stats" => {
+                let g = chat.generator();
+                let s = g.session().stats();
+                let t = g.timing();
+                eprintln!(
+                    "tokens streamed {} | cache {}/{} slots ({} sinks + {} window), write head {} | last reply {} tokens at {:.2} tokens/s, prompt {:.1} tokens/s | GPU memory {:.1} MiB",
+                    s.tokens_streamed,
+                    s.cache_fill,
+                    s.cache_slots,
+                    s.sinks,
+                    s.window,
+                    s.write_head,
+                    t.generated_tokens,
+                    t.tokens_per_second(),
+                    t.prompt_tokens_per_second(),
+                    s.gpu_bytes as f64 / (1 << 20) as f64
+                );
+                continue;
+            }
+            s if s.starts_with('/') => {
+                eprintln!("commands: /reset (forget the conversation), /stats, /quit");
+                continue;
+            }
+            _ => {}
+        }
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        IN_REPLY.store(1, Ordering::SeqCst);
+        if let Err(e) = chat.send(&m.tokenizer, msg) {
+            eprintln!("error: {e}");
+            continue;
+        }
+        let mut stream = chat.reply(&m.tokenizer, a.max_tokens);
+        let mut failed = false;
+        while !INTERRUPTED.load(Ordering::SeqCst) {
+            match stream.next() {
+                Some(Ok(piece)) => {
+                    emit(&mut out, &piece)?;
+                }
+                Some(Err(e)) => {
+                    eprintln!("\nerror: {e}");
+                    failed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !failed {
+            let rest = stream.finish();
+            emit(&mut out, &rest)?;
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            emit(&mut out, " [interrupted]")?;
+        }
+        emit(&mut out, "\n")?;
+    }
+}
+
+/// Writes `index,nll` lines to a temporary file beside `path`, then renames it into place, so a
+/// reader never sees a half-written file.
+fn write_csv(path: &Path, nll: &[f64]) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("--csv {}: not a file name", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        writeln!(w, "index,nll")?;
+        for (i, v) in nll.iter().enumerate() {
+            writeln!(w, "{},{v:.6}", i + 1)?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("writing {}: {e}", path.display())
+    })
+}
+
+fn ppl(a: PplArgs) -> Result<()> {
+    if a.chunk == 0 {
+        bail!("--chunk must be at least 1");
+    }
+    a.cache.check()?;
+    let bytes =
+        std::fs::read(&a.text).with_context(|| format!("cannot read {}", a.text.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            a.text.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.is_empty() {
+        bail!("{} is empty", a.text.display());
+    }
+    let m = load(&a.model)?;
+    let policy = a.cache.policy(&m.config)?;
+    let mut ids = m.tokenizer.encode(&text)?;
+    if a.tokens > 0 {
+        ids.truncate(a.tokens);
+    }
+    let n = ids.len();
+    if n < 2 {
+        bail!(
+            "{} gives {n} token(s); perplexity needs at least 2",
+            a.text.display()
+        );
+    }
+    // The last token is only ever a target, never fed.
+    let fed = &ids[..n - 1];
+    if let Policy::Dense { max } = policy {
+        if fed.len() > max {
+            bail!("the dense policy holds {max} tokens but {} must be fed; raise --max-context or use --policy sink", fed.len());
+        }
+    }
+    let chunk = if matches!(policy, Policy::Recompute { .. }) {
+        1
+    } else {
+        a.chunk
+    };
+    let mut session = Session::new(m.gpu_model.clone(), policy, chunk.min(a.cache.batch))?;
+    let vocab = m.config.vocab;
+    let bar = ProgressBar::with_draw_target(Some(fed.len() as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {per_sec}, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    let t0 = Instant::now();
+    let mut nll = Vec::with_capacity(fed.len());
+    for (c, block) in fed.chunks(chunk).enumerate() {
+        let logits = session.feed_blocking(block, Logits::All)?;
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            let t = c * chunk + i + 1;
+            let v = sinkstream::cpu::nll(row, ids[t]);
+            if !v.is_finite() {
+                bail!("the model's log-likelihood of token {t} is not finite ({v}); the GPU produced bad logits");
+            }
+            nll.push(v);
+        }
+        bar.inc(block.len() as u64);
+    }
+    bar.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    let slots = policy.rule().slots();
+    let ppl_of =
+        |v: &[f64]| (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64).exp());
+    let ppl = ppl_of(&nll).unwrap_or(f64::NAN);
+    // nll[k] is token k+1's; "after the cache first filled" means t > slots, i.e. k >= slots.
+    let after = nll.get(slots..).unwrap_or(&[]);
+    let ppl_after = ppl_of(after);
+    let tps = fed.len() as f64 / seconds.max(1e-9);
+    let rule = policy.rule();
+    if let Some(path) = &a.csv {
+        write_csv(path, &nll)?;
+    }
+    if a.json {
+        let j = serde_json::json!({
+            "file": a.text.display().to_string(),
+            "model": m.path.display().to_string(),
+            "tokens": n,
+            "predicted": nll.len(),
+            "ppl": ppl,
+            "mean_nll": nll.iter().sum::<f64>() / nll.len() as f64,
+            "ppl_after_fill": ppl_after,
+            "tokens_after_fill": after.len(),
+            "seconds": seconds,
+            "tokens_per_second": tps,
+            "policy": policy.name(),
+            "sinks": rule.sinks,
+            "window": rule.window,
+            "cache_slots": slots,
+            "chunk": chunk,
+        });
+        println!("{j}");
+    } else {
+        println!("file              {}", a.text.display());
+        println!("tokens            {n} ({} predicted)", nll.len());
+        println!("policy            {policy} ({slots} slots)");
+        println!("perplexity        {ppl:.4}");
+        match ppl_after {
+            Some(p) => println!(
+                "after cache fill  {p:.4} (the {} tokens past {slots})",
+                after.len()
+            ),
+            None => println!("after cache fill  n/a (the cache of {slots} slots never filled)"),
+        }
+        println!("time              {seconds:.2} s ({tps:.1} tokens/s, chunks of {chunk})");
+    }
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let gpu = Gpu::new_blocking()?;
+    let i = &gpu.info;
+    println!("adapter      {}", i.name);
+    println!("backend      {:?}", i.backend);
+    println!("device type  {:?}", i.device_type);
+    println!("driver       {} {}", i.driver, i.driver_info);
+    println!("vendor       {:#06x}, device {:#06x}", i.vendor, i.device);
+    let l = &gpu.limits;
+    println!("device limits (as sinkstream requests them):");
+    println!(
+        "  max_storage_buffer_binding_size      {}",
+        l.max_storage_buffer_binding_size
+    );
+    println!(
+        "  max_buffer_size                      {}",
+        l.max_buffer_size
+    );
+    println!(
+        "  max_storage_buffers_per_shader_stage {}",
+        l.max_storage_buffers_per_shader_stage
+    );
+    println!(
+        "  max_compute_workgroup_size           {} x {} x {}",
+        l.max_compute_workgroup_size_x,
+        l.max_compute_workgroup_size_y,
+        l.max_compute_workgroup_size_z
+    );
+    println!(
+        "  max_compute_invocations_per_workgroup {}",
+        l.max_compute_invocations_per_workgroup
+    );
+    println!(
+        "  max_compute_workgroups_per_dimension {}",
+        l.max_compute_workgroups_per_dimension
+    );
+    println!(
+        "  max_compute_workgroup_storage_size   {}",
+        l.max_compute_workgroup_storage_size
+    );
+    println!("adapter features:");
+    for (name, f) in [
+        ("SHADER_F16", wgpu::Features::SHADER_F16),
+        ("SUBGROUP", wgpu::Features::SUBGROUP),
+        ("TIMESTAMP_QUERY", wgpu::Features::TIMESTAMP_QUERY),
+    ] {
+        println!(
+            "  {name:<16} {}",
+            if gpu.features.contains(f) {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    if let Some(path) = &a.model {
+        let path = model_path(&ModelArgs {
+            model: Some(path.clone()),
+        })?;
+        let m = Model::load(&path)?;
+        let c = &m.config;
+        let params: usize = std::iter::once(&m.weights.embed)
+            .chain(m.weights.lm_head.iter())
+            .chain(
+                m.weights
+                    .layers
+                    .iter()
+                    .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]),
+            )
+            .map(|t| t.rows * t.cols)
+            .sum();
+        println!("model        {}", path.display());
+        let dtype = m
+            .weights
+            .layers
+            .first()
+            .map_or("-".to_string(), |l| format!("{:?}", l.wq.dtype));
+        println!(
+            "  parameters       {:.1} M in matrices, stored as {dtype}",
+            params as f64 / 1e6
+        );
+        println!("  vocab            {}", c.vocab);
+        println!("  dim              {}", c.dim);
+        println!("  layers           {}", c.n_layers);
+        println!(
+            "  heads            {} query, {} key/value, head dim {}",
+            c.n_heads, c.n_kv_heads, c.head_dim
+        );
+        println!("  ffn dim          {}", c.ffn_dim);
+        println!(
+            "  rope theta       {} ({:?} pairs)",
+            c.rope_theta, c.rope_layout
+        );
+        println!("  norm eps         {}", c.norm_eps);
+        println!("  context length   {}", c.context_len);
+        let per_slot = c.n_layers * 2 * c.kv_dim() * 4;
+        println!(
+            "  KV cache         {per_slot} bytes per slot; 4+1020 slots = {:.1} MiB",
+            (per_slot * 1024) as f64 / (1 << 20) as f64
+        );
+        let stop: Vec<String> = m
+            .stop_tokens()
+            .iter()
+            .map(|&id| format!("{id} {:?}", m.tokenizer.token_str(id)))
+            .collect();
+        println!("  stop tokens      {}", stop.join(", "));
+    }
+    Ok(())
+}

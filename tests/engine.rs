@@ -1,0 +1,234 @@
+//! The GPU kernels against the CPU reference on small random models: every weight format the
+//! kernels read, odd shapes (vocab 101, 4 heads over 2 KV heads, blocks not a multiple of the
+//! tile), every cache policy, tensors split across bindings, caches that wrap many times.
+//!
+//! Tolerance: max |GPU - CPU| over all logits <= 2e-3 (both sides compute in f32 from the same
+//! dequantised weights; only summation order differs; logits here are of order 1-10).
+
+mod common;
+use common::*;
+use sinkstream::cpu::{CpuModel, CpuSession};
+use sinkstream::model::RopeLayout;
+use sinkstream::tensor::DType;
+use sinkstream::{GpuModel, Logits, Policy, Session};
+use std::sync::Arc;
+
+const TOL: f32 = 2e-3;
+
+/// Streams `n` random tokens through CPU (token by token) and GPU (in blocks of the given sizes,
+/// cycling) and compares every logit.
+fn check(
+    spec: &TinySpec,
+    policy: Policy,
+    n: usize,
+    blocks: &[usize],
+    max_batch: usize,
+    binding_limit: Option<u64>,
+) {
+    let (cfg, w) = tiny_model(spec, 7);
+    let cm = CpuModel::new(&cfg, &w);
+    let mut cs = CpuSession::new(&cm, policy).unwrap();
+    let gm = match binding_limit {
+        Some(b) => GpuModel::with_binding_limit(gpu(), &cfg, &w, b).unwrap(),
+        None => GpuModel::new(gpu(), &cfg, &w).unwrap(),
+    };
+    let mut gs = Session::new(Arc::new(gm), policy, max_batch).unwrap();
+    let mut rng = Rng(99);
+    let toks: Vec<u32> = (0..n).map(|_| rng.below(spec.vocab as u32)).collect();
+    let mut cpu = Vec::new();
+    for &t in &toks {
+        cpu.extend(cs.step(t).unwrap());
+    }
+    let mut gpu_l = Vec::new();
+    let mut i = 0;
+    let mut b = 0;
+    while i < n {
+        let len = blocks[b % blocks.len()].min(n - i);
+        gpu_l.extend(gs.feed_blocking(&toks[i..i + len], Logits::All).unwrap());
+        i += len;
+        b += 1;
+    }
+    let d = max_abs_diff(&cpu, &gpu_l);
+    assert!(gpu_l.iter().all(|v| v.is_finite()));
+    assert!(
+        d <= TOL,
+        "{:?} {policy:?}: max |gpu - cpu| = {d}",
+        spec.dtype
+    );
+}
+
+#[test]
+fn every_weight_format_matches_cpu() {
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_1,
+    ] {
+        let spec = TinySpec {
+            dtype,
+            ..Default::default()
+        };
+        check(
+            &spec,
+            Policy::Sink {
+                sinks: 3,
+                window: 17,
+            },
+            70,
+            &[1, 13, 5, 30],
+            32,
+            None,
+        );
+    }
+}
+
+#[test]
+fn rotate_half_bias_and_untied_head() {
+    let spec = TinySpec {
+        layout: RopeLayout::Half,
+        bias: true,
+        tied: false,
+        n_heads: 3,
+        n_kv_heads: 1,
+        ..Default::default()
+    };
+    check(
+        &spec,
+        Policy::Sink {
+            sinks: 2,
+            window: 9,
+        },
+        50,
+        &[7, 1, 11],
+        16,
+        None,
+    );
+}
+
+#[test]
+fn every_policy_matches_cpu() {
+    let spec = TinySpec::default();
+    check(
+        &spec,
+        Policy::Window { window: 11 },
+        60,
+        &[9, 1, 23],
+        32,
+        None,
+    );
+    check(&spec, Policy::Dense { max: 64 }, 60, &[9, 1, 23], 32, None);
+    check(
+        &spec,
+        Policy::Recompute { window: 8 },
+        30,
+        &[3, 1, 7],
+        32,
+        None,
+    );
+    // a block longer than the window, and sinks filled from inside a block
+    check(
+        &spec,
+        Policy::Sink {
+            sinks: 4,
+            window: 6,
+        },
+        90,
+        &[2, 40, 1, 25],
+        64,
+        None,
+    );
+}
+
+#[test]
+fn cache_wraps_many_times() {
+    let spec = TinySpec {
+        n_layers: 1,
+        ..Default::default()
+    };
+    // 600 tokens through 1 + 5 slots: the ring wraps 120 times
+    check(
+        &spec,
+        Policy::Sink {
+            sinks: 1,
+            window: 5,
+        },
+        600,
+        &[64, 3, 1],
+        64,
+        None,
+    );
+}
+
+#[test]
+fn tensors_split_across_bindings() {
+    for dtype in [DType::Q8_0, DType::Q4_1, DType::F16] {
+        let spec = TinySpec {
+            dtype,
+            tied: false,
+            ..Default::default()
+        };
+        let (cfg, w) = tiny_model(&spec, 7);
+        // 1 KiB per binding: every matrix is split into several parts
+        let gm = GpuModel::with_binding_limit(gpu(), &cfg, &w, 1024).unwrap();
+        drop(gm);
+        check(
+            &spec,
+            Policy::Sink {
+                sinks: 2,
+                window: 10,
+            },
+            30,
+            &[5, 1],
+            16,
+            Some(1024),
+        );
+    }
+}
+
+#[test]
+fn memory_is_fixed_at_creation() {
+    let spec = TinySpec::default();
+    let (cfg, w) = tiny_model(&spec, 3);
+    // a device of its own: other tests allocate on the shared one concurrently
+    let g = Arc::new(sinkstream::Gpu::new_blocking().unwrap());
+    let gm = Arc::new(GpuModel::new(g.clone(), &cfg, &w).unwrap());
+    let mut s = Session::new(
+        gm,
+        Policy::Sink {
+            sinks: 4,
+            window: 12,
+        },
+        16,
+    )
+    .unwrap();
+    s.feed_blocking(&[1, 2, 3], Logits::Last).unwrap();
+    let (bytes, bufs) = (g.allocated_bytes(), g.buffer_count());
+    let mut rng = Rng(5);
+    for _ in 0..200 {
+        let t = rng.below(101);
+        let l = s.feed_blocking(&[t], Logits::Last).unwrap();
+        assert!(l.iter().all(|v| v.is_finite()));
+    }
+    assert_eq!(s.stats().cache_fill, 16);
+    assert_eq!((g.allocated_bytes(), g.buffer_count()), (bytes, bufs));
+}
+
+#[test]
+fn dense_cache_full_is_an_error() {
+    let (cfg, w) = tiny_model(&TinySpec::default(), 3);
+    let gm = Arc::new(GpuModel::new(gpu(), &cfg, &w).unwrap());
+    let mut s = Session::new(gm, Policy::Dense { max: 10 }, 16).unwrap();
+    s.feed_blocking(&[1; 10], Logits::Last).unwrap();
+    let e = s.feed_blocking(&[1], Logits::Last).unwrap_err();
+    assert!(e.to_string().contains("dense cache"), "{e}");
+    assert!(Session::new(s_model(), Policy::Window { window: 0 }, 4).is_err());
+    let e = s.feed_blocking(&[500], Logits::Last);
+    assert!(e.is_err());
+}
+
+fn s_model() -> Arc<GpuModel> {
+    let (cfg, w) = tiny_model(&TinySpec::default(), 3);
+    Arc::new(GpuModel::new(gpu(), &cfg, &w).unwrap())
+}
