@@ -8,7 +8,7 @@ struct Dims { k: u32, row0: u32, rows: u32, row_words: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> dims: Dims;
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // (rows, row_words)
+@group(0) @binding(2) var<storage, read> w: array<u32>;          // (ceil(rows / 64) * 64, row_words), rows interleaved by 64
 @group(0) @binding(3) var<storage, read> tokens: array<u32>;     // (T)
 @group(0) @binding(4) var<storage, read_write> x: array<vec4<f32>>; // (T, K / 4)
 
@@ -18,7 +18,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (t >= step.t) { return; }
     let tok = tokens[t];
     if (tok < dims.row0 || tok >= dims.row0 + dims.rows) { return; }
-    let row = (tok - dims.row0) * dims.row_words;
+    let row = row_start(tok - dims.row0, dims.row_words);
     for (var u = lid; u < dims.k / 8u; u += 64u) {
         let v = weights8(row, u);
         x[t * dims.k / 4u + u * 2u] = v.a;

@@ -12,7 +12,7 @@ struct Dims { k: u32, n: u32, y_stride: u32, y_offset: u32, row_words: u32, flag
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> dims: Dims;
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // (N, row_words) in the WTYPE layout
+@group(0) @binding(2) var<storage, read> w: array<u32>;          // (ceil(N / 64) * 64, row_words), rows interleaved by 64
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;    // (T, K / 4)
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (T, y_stride)
 @group(0) @binding(5) var<storage, read> bias: array<f32>;       // (N) or a dummy
@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var xrow: array<u32, 8>;     // TT <= 8
     for (var t = 0u; t < TT; t++) { xrow[t] = min(t0 + t, step.t - 1u) * k4; }
     var acc: array<f32, 8>;
-    let row = n * dims.row_words;
+    let row = row_start(n, dims.row_words);
     for (var u = 0u; u < dims.k / 8u; u++) {
         let wv = weights8(row, u);
         for (var t = 0u; t < TT; t++) {

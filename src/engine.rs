@@ -15,7 +15,7 @@ use crate::cache::{CacheRule, Policy};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuBuffer, MATMUL_TILE};
 use crate::model::{Config, RopeLayout, Weights};
-use crate::tensor::{DType, HostTensor};
+use crate::tensor::{DType, HostTensor, GPU_INTERLEAVE};
 
 /// A weight matrix on the GPU, split by rows into parts that each fit one storage binding.
 pub struct GpuMatrix {
@@ -33,11 +33,14 @@ impl GpuMatrix {
     /// Upload with an explicit per-part byte limit (tests use a small one to exercise splitting).
     pub fn upload_limited(gpu: &Gpu, t: &HostTensor, max_bytes: u64) -> Result<GpuMatrix> {
         let row_bytes = t.dtype.gpu_row_bytes(t.cols) as u64;
-        let rows_per_part = (max_bytes / row_bytes) as usize;
+        // Parts hold whole groups of interleaved rows.
+        let il = GPU_INTERLEAVE;
+        let rows_per_part = (max_bytes / row_bytes) as usize / il * il;
         if rows_per_part == 0 {
             return Err(Error::gpu(format!(
-                "tensor {}: one row takes {row_bytes} bytes, more than the adapter's storage binding limit of {max_bytes} bytes (max_storage_buffer_binding_size)",
-                t.name
+                "tensor {}: {il} rows take {} bytes, more than the adapter's storage binding limit of {max_bytes} bytes (max_storage_buffer_binding_size)",
+                t.name,
+                row_bytes * il as u64
             )));
         }
         let mut parts = Vec::new();

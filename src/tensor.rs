@@ -5,6 +5,9 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
+/// Rows are interleaved in groups of this many on the GPU (one workgroup's worth).
+pub const GPU_INTERLEAVE: usize = 64;
+
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -90,8 +93,26 @@ impl HostTensor {
         out
     }
 
-    /// The bytes of rows [r0, r1) in the GPU layout.
+    /// Rows [r0, r1) in the GPU layout: each row in its GPU row format (`gpu_row_bytes`), and
+    /// rows interleaved word by word in groups of `GPU_INTERLEAVE` (dequant.wgsl explains why);
+    /// the last group is padded with zero rows.
     pub fn gpu_bytes(&self, r0: usize, r1: usize) -> Vec<u8> {
+        let rows = self.gpu_rows(r0, r1);
+        let words = self.dtype.gpu_row_bytes(self.cols) / 4;
+        let groups = (r1 - r0).div_ceil(GPU_INTERLEAVE);
+        let mut out = vec![0u8; groups * GPU_INTERLEAVE * words * 4];
+        for (r, row) in rows.chunks_exact(words * 4).enumerate() {
+            let (g, lane) = (r / GPU_INTERLEAVE, r % GPU_INTERLEAVE);
+            for (j, word) in row.chunks_exact(4).enumerate() {
+                let at = ((g * words + j) * GPU_INTERLEAVE + lane) * 4;
+                out[at..at + 4].copy_from_slice(word);
+            }
+        }
+        out
+    }
+
+    /// Rows [r0, r1) each in its GPU row format, not interleaved.
+    fn gpu_rows(&self, r0: usize, r1: usize) -> Vec<u8> {
         let rb = self.row_bytes();
         let src = &self.data[r0 * rb..r1 * rb];
         match self.dtype {

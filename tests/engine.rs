@@ -167,12 +167,12 @@ fn tensors_split_across_bindings() {
         let spec = TinySpec {
             dtype,
             tied: false,
+            vocab: 301,
             ..Default::default()
         };
-        let (cfg, w) = tiny_model(&spec, 7);
-        // 1 KiB per binding: every matrix is split into several parts
-        let gm = GpuModel::with_binding_limit(gpu(), &cfg, &w, 1024).unwrap();
-        drop(gm);
+        // 64 rows of the widest matrix per binding: the 301-row embedding and head are split
+        // into 5 parts each
+        let limit = 64 * dtype.gpu_row_bytes(spec.ffn) as u64;
         check(
             &spec,
             Policy::Sink {
@@ -182,9 +182,22 @@ fn tensors_split_across_bindings() {
             30,
             &[5, 1],
             16,
-            Some(1024),
+            Some(limit),
         );
     }
+}
+
+#[test]
+fn a_tensor_that_cannot_fit_names_the_limit() {
+    let (cfg, w) = tiny_model(&TinySpec::default(), 7);
+    let e = GpuModel::with_binding_limit(gpu(), &cfg, &w, 1024)
+        .err()
+        .expect("must not fit");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("max_storage_buffer_binding_size") && msg.contains("blk.0"),
+        "{msg}"
+    );
 }
 
 #[test]
