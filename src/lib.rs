@@ -6,10 +6,14 @@ pub mod chat;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod model;
+#[cfg(feature = "cli")]
+pub mod plot;
 pub mod sampler;
 pub mod tensor;
 pub mod tokenizer;

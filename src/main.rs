@@ -13,10 +13,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use sinkstream::chat::{ChatTemplate, Message};
+use sinkstream::eval::{self, EvalOptions, StreamEval};
 use sinkstream::generate::{Chat, Generator, StopReason, Timing};
+use sinkstream::plot::{line_plot, PlotSpec, Series};
 use sinkstream::sampler::{Sampler, SamplingConfig};
 use sinkstream::tokenizer::Tokenizer;
-use sinkstream::{Config, Gpu, GpuModel, Logits, Model, Policy, Session, Stats};
+use sinkstream::{Config, Gpu, GpuModel, Model, Policy, Session, Stats};
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Above this many slots a cache is almost surely a typo (it would need gigabytes per layer).
@@ -42,6 +44,9 @@ enum Command {
     Chat(ChatArgs),
     /// Perplexity of a text file streamed through the cache (the paper's evaluation).
     Ppl(PplArgs),
+    /// The paper's comparison in one go: dense, window, recompute and sink on one text, as a
+    /// table (markdown, JSON) and one plot with a line per policy.
+    Compare(CompareArgs),
     /// Describe the GPU adapter (and, with --model, the model).
     Info(InfoArgs),
 }
@@ -72,9 +77,10 @@ struct CacheArgs {
     /// Which tokens the KV cache keeps
     #[arg(long, value_enum, default_value = "sink")]
     policy: PolicyKind,
-    /// Attention sinks: the first S tokens, kept forever (sink policy)
-    #[arg(long, value_name = "S", default_value_t = 4)]
-    sinks: usize,
+    /// Attention sinks: the first S tokens, kept forever (sink policy). `ppl --cache C` also
+    /// takes a list (0,1,2,4,8): the sink-count ablation, each run with the window C - S
+    #[arg(long, value_name = "S", default_value = "4", value_delimiter = ',')]
+    sinks: Vec<usize>,
     /// Recent tokens kept in the ring, the current token included (sink, window, recompute)
     #[arg(long, value_name = "W", default_value_t = 1020)]
     window: usize,
@@ -92,9 +98,12 @@ impl CacheArgs {
         if self.window == 0 {
             bail!("--window must be at least 1 (got 0)");
         }
-        if self.window > MAX_CACHE_FLAG || self.sinks > MAX_CACHE_FLAG {
+        if self.sinks.is_empty() {
+            bail!("--sinks needs a number");
+        }
+        if self.window > MAX_CACHE_FLAG || self.sinks.iter().any(|&s| s > MAX_CACHE_FLAG) {
             bail!(
-                "--sinks {} / --window {}: at most {MAX_CACHE_FLAG} each",
+                "--sinks {:?} / --window {}: at most {MAX_CACHE_FLAG} each",
                 self.sinks,
                 self.window
             );
@@ -116,9 +125,15 @@ impl CacheArgs {
     }
 
     fn policy(&self, config: &Config) -> Result<Policy> {
+        let sinks = match self.sinks[..] {
+            [s] => s,
+            _ => bail!(
+                "--sinks takes one number here (a list is for `ppl --cache C`, the sink ablation)"
+            ),
+        };
         let p = match self.policy {
             PolicyKind::Sink => Policy::Sink {
-                sinks: self.sinks,
+                sinks,
                 window: self.window,
             },
             PolicyKind::Window => Policy::Window {
@@ -232,10 +247,23 @@ struct PplArgs {
     /// Evaluate the first N tokens; 0 = the whole file
     #[arg(long, value_name = "N", default_value_t = 0)]
     tokens: usize,
-    /// Tokens per feed; 1 = token by token (the paper's protocol). Every chunk size gives the
-    /// same result up to rounding; the recompute policy always goes token by token
-    #[arg(long, value_name = "C", default_value_t = 64)]
-    chunk: usize,
+    /// Tokens per GPU block; 1 = token by token (the paper's protocol). Every chunk size gives
+    /// the same result up to rounding; the recompute policy always goes token by token. A list
+    /// (128,1) evaluates each in turn in one run and compares their speed
+    #[arg(long, value_name = "C", default_value = "64", value_delimiter = ',')]
+    chunk: Vec<usize>,
+    /// Cache size S+W for the sink ablation: each value of --sinks gets the window C - S
+    #[arg(long = "cache", value_name = "C")]
+    cache_slots: Option<usize>,
+    /// Draw the NLL per token (a moving average) against the token index into this SVG file
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Moving-average window of --plot, in tokens [default: about a fiftieth of the run]
+    #[arg(long, value_name = "N")]
+    smooth: Option<usize>,
+    /// Logarithmic y axis in --plot
+    #[arg(long)]
+    log_y: bool,
     /// Print one JSON object instead of the text report
     #[arg(long)]
     json: bool,
@@ -246,6 +274,49 @@ struct PplArgs {
     model: ModelArgs,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// UTF-8 text file to evaluate (tokenized without BOS)
+    #[arg(long, value_name = "FILE")]
+    text: PathBuf,
+    /// Evaluate the first N tokens; 0 = the whole file
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    tokens: usize,
+    /// Cache size C: window C, recompute C, sink S+(C-S)
+    #[arg(long, value_name = "C", default_value_t = 128)]
+    cache: usize,
+    /// Attention sinks of the sink policy
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    sinks: usize,
+    /// Targets evaluated under recompute (each re-runs the model over C tokens), starting
+    /// right after the cache filled; 0 = skip recompute
+    #[arg(long, value_name = "K", default_value_t = 64)]
+    recompute_tokens: usize,
+    /// Targets evaluated under dense attention, from the start [default: the model's context length]
+    #[arg(long, value_name = "N")]
+    dense_tokens: Option<usize>,
+    /// Tokens per GPU block for dense, window and sink (exact for any size)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    chunk: usize,
+    /// Write one SVG with a line per policy (moving average of the NLL)
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Write the table and every run's numbers as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the table as markdown
+    #[arg(long, value_name = "FILE")]
+    md: Option<PathBuf>,
+    /// Moving-average window of --plot, in tokens [default: about a fiftieth of the run]
+    #[arg(long, value_name = "N")]
+    smooth: Option<usize>,
+    /// Logarithmic y axis in --plot
+    #[arg(long)]
+    log_y: bool,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args)]
@@ -261,6 +332,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
         Command::Ppl(a) => ppl(a),
+        Command::Compare(a) => compare(a),
         Command::Info(a) => info(a),
     };
     match r {
@@ -552,51 +624,136 @@ fn chat(a: ChatArgs) -> Result<()> {
     }
 }
 
-/// Writes `index,nll` lines to a temporary file beside `path`, then renames it into place, so a
-/// reader never sees a half-written file.
-fn write_csv(path: &Path, nll: &[f64]) -> Result<()> {
+/// Writes `write` to a temporary file beside `path`, then renames it into place, so a reader
+/// never sees a half-written file.
+fn write_atomic(
+    path: &Path,
+    flag: &str,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
     let name = path
         .file_name()
-        .with_context(|| format!("--csv {}: not a file name", path.display()))?;
+        .with_context(|| format!("{flag} {}: not a file name", path.display()))?;
     let tmp = path.with_file_name(format!(
         ".{}.tmp{}",
         name.to_string_lossy(),
         std::process::id()
     ));
-    let write = || -> std::io::Result<()> {
+    let run = || -> std::io::Result<()> {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        writeln!(w, "index,nll")?;
-        for (i, v) in nll.iter().enumerate() {
-            writeln!(w, "{},{v:.6}", i + 1)?;
-        }
+        write(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    run().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         anyhow::anyhow!("writing {}: {e}", path.display())
     })
 }
 
-fn ppl(a: PplArgs) -> Result<()> {
-    if a.chunk == 0 {
-        bail!("--chunk must be at least 1");
-    }
-    a.cache.check()?;
-    let bytes =
-        std::fs::read(&a.text).with_context(|| format!("cannot read {}", a.text.display()))?;
+/// Writes `index,nll` lines (or `index,<run>,<run>...` for several runs over the same targets).
+fn write_csv(path: &Path, runs: &[StreamEval], names: &[String]) -> Result<()> {
+    write_atomic(path, "--csv", |w| {
+        if runs.len() == 1 {
+            writeln!(w, "index,nll")?;
+        } else {
+            writeln!(w, "index,{}", names.join(","))?;
+        }
+        let first = runs[0].targets.start;
+        for k in 0..runs[0].nll.len() {
+            write!(w, "{}", first + k)?;
+            for r in runs {
+                write!(w, ",{:.6}", r.nll[k])?;
+            }
+            writeln!(w)?;
+        }
+        Ok(())
+    })
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{} is not UTF-8 text (invalid byte at offset {})",
-            a.text.display(),
+            path.display(),
             e.utf8_error().valid_up_to()
         )
     })?;
     if text.is_empty() {
-        bail!("{} is empty", a.text.display());
+        bail!("{} is empty", path.display());
     }
+    Ok(text)
+}
+
+/// The moving-average window of a plot: the flag, or about a fiftieth of the run.
+fn smooth_window(flag: Option<usize>, targets: usize) -> usize {
+    flag.unwrap_or((targets / 50).clamp(8, 1000)).max(1)
+}
+
+/// One SVG: the moving average of each run's NLL against the token index.
+fn plot_runs(
+    path: &Path,
+    title: &str,
+    runs: &[StreamEval],
+    names: &[String],
+    smooth: usize,
+    log_y: bool,
+) -> Result<()> {
+    let series: Vec<Series> = runs
+        .iter()
+        .zip(names)
+        .map(|(r, name)| Series {
+            name: format!("{name} (ppl {:.2})", r.ppl()),
+            points: eval::smoothed_series(r, smooth, 2000),
+        })
+        .collect();
+    let spec = PlotSpec {
+        title: title.to_string(),
+        x_label: "token index".into(),
+        y_label: format!("NLL, moving average of {smooth} tokens (nats)"),
+        log_y,
+        ..PlotSpec::default()
+    };
+    line_plot(path, &spec, &series).with_context(|| format!("--plot {}", path.display()))
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {per_sec}, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn ppl(a: PplArgs) -> Result<()> {
+    if a.chunk.is_empty() || a.chunk.iter().any(|&c| c == 0 || c > 4096) {
+        bail!("--chunk must be between 1 and 4096 (got {:?})", a.chunk);
+    }
+    a.cache.check()?;
+    if a.chunk.len() > 1 && a.cache.sinks.len() > 1 {
+        bail!(
+            "give a list to --sinks (the ablation) or to --chunk (the speed comparison), not both"
+        );
+    }
+    if a.cache.sinks.len() > 1 && a.cache_slots.is_none() {
+        bail!("a list of --sinks is the sink ablation: give the constant cache size with --cache C (each run gets the window C - S)");
+    }
+    if a.cache_slots.is_some() && !matches!(a.cache.policy, PolicyKind::Sink) {
+        bail!("--cache is for the sink policy (each run gets the window C - S)");
+    }
+    let text = read_text(&a.text)?;
     let m = load(&a.model)?;
-    let policy = a.cache.policy(&m.config)?;
+    let policies = match a.cache_slots {
+        Some(c) => eval::ablation_policies(&a.cache.sinks, c)?,
+        None => vec![a.cache.policy(&m.config)?],
+    };
     let mut ids = m.tokenizer.encode(&text)?;
     if a.tokens > 0 {
         ids.truncate(a.tokens);
@@ -609,63 +766,153 @@ fn ppl(a: PplArgs) -> Result<()> {
         );
     }
     // The last token is only ever a target, never fed.
-    let fed = &ids[..n - 1];
-    if let Policy::Dense { max } = policy {
-        if fed.len() > max {
-            bail!("the dense policy holds {max} tokens but {} must be fed; raise --max-context or use --policy sink", fed.len());
-        }
-    }
-    let chunk = if matches!(policy, Policy::Recompute { .. }) {
-        1
-    } else {
-        a.chunk
-    };
-    let mut session = Session::new(m.gpu_model.clone(), policy, chunk.min(a.cache.batch))?;
-    let vocab = m.config.vocab;
-    let bar = ProgressBar::with_draw_target(Some(fed.len() as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {per_sec}, eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    let t0 = Instant::now();
-    let mut nll = Vec::with_capacity(fed.len());
-    for (c, block) in fed.chunks(chunk).enumerate() {
-        let logits = session.feed_blocking(block, Logits::All)?;
-        for (i, row) in logits.chunks_exact(vocab).enumerate() {
-            let t = c * chunk + i + 1;
-            let v = sinkstream::cpu::nll(row, ids[t]);
-            if !v.is_finite() {
-                bail!("the model's log-likelihood of token {t} is not finite ({v}); the GPU produced bad logits");
+    let fed = n - 1;
+    for p in &policies {
+        if let Policy::Dense { max } = *p {
+            if fed > max {
+                bail!("the dense policy holds {max} tokens but {fed} must be fed; raise --max-context or use --policy sink");
             }
-            nll.push(v);
         }
-        bar.inc(block.len() as u64);
+    }
+    let mut plan: Vec<(Policy, usize)> = Vec::new();
+    for &p in &policies {
+        for &c in &a.chunk {
+            plan.push((p, c));
+        }
+    }
+    let bar = progress_bar((fed * plan.len()) as u64);
+    let mut runs = Vec::new();
+    for &(policy, chunk) in &plan {
+        let opts = EvalOptions {
+            chunk,
+            recompute_batch: a.cache.batch,
+            memory_every: (fed / 10).max(1),
+        };
+        runs.push(eval::evaluate(
+            &m.gpu_model,
+            policy,
+            &ids,
+            1..n,
+            &opts,
+            &mut |k| bar.inc(k as u64),
+        )?);
     }
     bar.finish_and_clear();
-    let seconds = t0.elapsed().as_secs_f64();
-    let slots = policy.rule().slots();
-    let ppl_of =
-        |v: &[f64]| (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64).exp());
-    let ppl = ppl_of(&nll).unwrap_or(f64::NAN);
-    // nll[k] is token k+1's; "after the cache first filled" means t > slots, i.e. k >= slots.
-    let after = nll.get(slots..).unwrap_or(&[]);
-    let ppl_after = ppl_of(after);
-    let tps = fed.len() as f64 / seconds.max(1e-9);
-    let rule = policy.rule();
+    let speed = a.chunk.len() > 1;
+    let names: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            if speed {
+                format!("{} chunk {}", r.label(), r.chunk)
+            } else {
+                r.label()
+            }
+        })
+        .collect();
     if let Some(path) = &a.csv {
-        write_csv(path, &nll)?;
+        write_csv(path, &runs, &names)?;
     }
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "{}: {} tokens, SmolLM2 via sinkstream",
+            a.text.file_name().unwrap_or_default().to_string_lossy(),
+            n
+        );
+        plot_runs(
+            path,
+            &title,
+            &runs,
+            &names,
+            smooth_window(a.smooth, fed),
+            a.log_y,
+        )?;
+    }
+    if runs.len() == 1 {
+        return ppl_report_one(&a, &m, n, &runs[0]);
+    }
+    // Several runs: the ablation or the speed comparison, as a table.
+    let first = &runs[0];
+    let rows: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            let mut j = r.summary_json();
+            let diff = r
+                .nll
+                .iter()
+                .zip(&first.nll)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            j["max_abs_nll_diff_vs_first"] = serde_json::json!(diff);
+            j["speedup_vs_last"] =
+                serde_json::json!(r.tokens_per_second() / runs[runs.len() - 1].tokens_per_second());
+            j
+        })
+        .collect();
     if a.json {
         let j = serde_json::json!({
             "file": a.text.display().to_string(),
             "model": m.path.display().to_string(),
             "tokens": n,
-            "predicted": nll.len(),
+            "predicted": fed,
+            "mode": if speed { "chunk comparison" } else { "sink ablation" },
+            "runs": rows,
+        });
+        println!("{j}");
+    } else {
+        println!("file {}, {n} tokens ({fed} predicted)\n", a.text.display());
+        println!(
+            "| run | cache slots | ppl | ppl after fill | tokens/s | max abs NLL diff vs first |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (r, (j, name)) in runs.iter().zip(rows.iter().zip(&names)) {
+            let after = r
+                .ppl_after_fill()
+                .map_or("-".to_string(), |p| format!("{p:.3}"));
+            println!(
+                "| {name} | {} | {:.3} | {after} | {:.2} | {:.2e} |",
+                r.policy.rule().slots(),
+                r.ppl(),
+                r.tokens_per_second(),
+                j["max_abs_nll_diff_vs_first"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        if speed {
+            let (f, l) = (first, &runs[runs.len() - 1]);
+            println!(
+                "\nchunk {} is {:.2}x as fast as chunk {}",
+                f.chunk,
+                f.tokens_per_second() / l.tokens_per_second(),
+                l.chunk
+            );
+        }
+    }
+    Ok(())
+}
+
+fn ppl_report_one(a: &PplArgs, m: &Loaded, n: usize, r: &StreamEval) -> Result<()> {
+    let policy = r.policy;
+    let rule = policy.rule();
+    let slots = rule.slots();
+    let ppl = r.ppl();
+    let ppl_after = r.ppl_after_fill();
+    let after = r.nll_in(slots + 1..usize::MAX).len();
+    let tps = r.tokens_per_second();
+    let seconds = r.seconds;
+    let chunk = r.chunk;
+    let (m0, m1) = r
+        .memory_start_end()
+        .context("the evaluation recorded no memory samples")?;
+    let segments = eval::segment_ppl(1, &r.nll, r.nll.len().div_ceil(10).max(1));
+    if a.json {
+        let mut j = serde_json::json!({
+            "file": a.text.display().to_string(),
+            "model": m.path.display().to_string(),
+            "tokens": n,
+            "predicted": r.nll.len(),
             "ppl": ppl,
-            "mean_nll": nll.iter().sum::<f64>() / nll.len() as f64,
+            "mean_nll": r.mean_nll(),
             "ppl_after_fill": ppl_after,
-            "tokens_after_fill": after.len(),
+            "tokens_after_fill": after,
             "seconds": seconds,
             "tokens_per_second": tps,
             "policy": policy.name(),
@@ -673,21 +920,121 @@ fn ppl(a: PplArgs) -> Result<()> {
             "window": rule.window,
             "cache_slots": slots,
             "chunk": chunk,
+            "gpu_bytes_start": m0.gpu_bytes,
+            "gpu_bytes_end": m1.gpu_bytes,
+            "rss_start": m0.rss_bytes,
+            "rss_end": m1.rss_bytes,
+            "segments": segments
+                .iter()
+                .map(|&(s, e, p)| serde_json::json!({"first": s, "last": e - 1, "ppl": p}))
+                .collect::<Vec<_>>(),
         });
+        j["memory"] = r.summary_json()["memory"].clone();
         println!("{j}");
     } else {
         println!("file              {}", a.text.display());
-        println!("tokens            {n} ({} predicted)", nll.len());
+        println!("tokens            {n} ({} predicted)", r.nll.len());
         println!("policy            {policy} ({slots} slots)");
         println!("perplexity        {ppl:.4}");
         match ppl_after {
-            Some(p) => println!(
-                "after cache fill  {p:.4} (the {} tokens past {slots})",
-                after.len()
-            ),
+            Some(p) => println!("after cache fill  {p:.4} (the {after} tokens past {slots})"),
             None => println!("after cache fill  n/a (the cache of {slots} slots never filled)"),
         }
         println!("time              {seconds:.2} s ({tps:.1} tokens/s, chunks of {chunk})");
+        let rss = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{:.1} MiB", mib(b)));
+        println!(
+            "memory            GPU {:.1} -> {:.1} MiB, RSS {} -> {}",
+            mib(m0.gpu_bytes),
+            mib(m1.gpu_bytes),
+            rss(m0.rss_bytes),
+            rss(m1.rss_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    if a.chunk == 0 || a.chunk > 4096 {
+        bail!("--chunk must be between 1 and 4096 (got {})", a.chunk);
+    }
+    if a.cache < 2 || a.cache > MAX_CACHE_FLAG {
+        bail!(
+            "--cache must be between 2 and {MAX_CACHE_FLAG} (got {})",
+            a.cache
+        );
+    }
+    if a.sinks >= a.cache {
+        bail!(
+            "--sinks {} leaves no window in a cache of {}",
+            a.sinks,
+            a.cache
+        );
+    }
+    let text = read_text(&a.text)?;
+    let m = load(&a.model)?;
+    let mut ids = m.tokenizer.encode(&text)?;
+    if a.tokens > 0 {
+        ids.truncate(a.tokens);
+    }
+    let n = ids.len();
+    if n < 2 {
+        bail!(
+            "{} gives {n} token(s); perplexity needs at least 2",
+            a.text.display()
+        );
+    }
+    let dense_limit = a.dense_tokens.unwrap_or(m.config.context_len);
+    let plan = eval::compare_plan(n, a.cache, a.sinks, a.recompute_tokens, dense_limit)?;
+    let total: usize = plan.iter().map(|p| p.targets.len()).sum();
+    let bar = progress_bar(total as u64);
+    let opts = EvalOptions {
+        chunk: a.chunk,
+        recompute_batch: a.cache.min(256),
+        memory_every: 0,
+    };
+    let runs = eval::run_plan(&m.gpu_model, &ids, &plan, &opts, &mut |_, k| {
+        bar.inc(k as u64)
+    })?;
+    bar.finish_and_clear();
+    let name = a.text.file_name().unwrap_or_default().to_string_lossy();
+    let table = eval::table_markdown(&runs);
+    println!("{name}, {n} tokens, cache {} slots\n\n{table}", a.cache);
+    if let Some(path) = &a.md {
+        let head = format!(
+            "{name}, {n} tokens ({} predicted), cache {} slots, model {}\n\n",
+            n - 1,
+            a.cache,
+            m.path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        write_atomic(path, "--md", |w| {
+            w.write_all(head.as_bytes())?;
+            w.write_all(table.as_bytes())
+        })?;
+    }
+    if let Some(path) = &a.json {
+        let mut j = eval::table_json(&runs);
+        j["file"] = serde_json::json!(a.text.display().to_string());
+        j["model"] = serde_json::json!(m.path.display().to_string());
+        j["tokens"] = serde_json::json!(n);
+        j["cache"] = serde_json::json!(a.cache);
+        j["chunk"] = serde_json::json!(a.chunk);
+        let s = serde_json::to_string_pretty(&j)?;
+        write_atomic(path, "--json", |w| w.write_all(s.as_bytes()))?;
+    }
+    if let Some(path) = &a.plot {
+        let names: Vec<String> = runs.iter().map(|r| r.label()).collect();
+        let title = format!(
+            "{name}: {n} tokens, cache {} slots, SmolLM2 via sinkstream",
+            a.cache
+        );
+        plot_runs(
+            path,
+            &title,
+            &runs,
+            &names,
+            smooth_window(a.smooth, n - 1),
+            a.log_y,
+        )?;
     }
     Ok(())
 }
