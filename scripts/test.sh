@@ -7,3 +7,5 @@ scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 chmod 700 "$XDG_RUNTIME_DIR"
 cargo test --release --locked "$@"
+# The browser build: its tests in headless Chromium with WebGPU, the demo end to end, the npm package.
+scripts/test-web.sh

@@ -69,17 +69,23 @@ pub fn matvec(w: &[f32], x: &[f32], b: Option<&[f32]>) -> Vec<f32> {
         .map_or(1, |n| n.get())
         .min(8);
     let chunk = rows.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        for (i, ys) in y.chunks_mut(chunk).enumerate() {
-            s.spawn(move || {
-                for (j, yv) in ys.iter_mut().enumerate() {
-                    let r = i * chunk + j;
-                    let row = &w[r * cols..(r + 1) * cols];
-                    *yv = row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
-                }
-            });
+    let part = move |i: usize, ys: &mut [f32]| {
+        for (j, yv) in ys.iter_mut().enumerate() {
+            let r = i * chunk + j;
+            let row = &w[r * cols..(r + 1) * cols];
+            *yv = row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
         }
-    });
+    };
+    if threads == 1 {
+        // One core, or wasm32 (no threads there): no thread to spawn.
+        part(0, &mut y);
+    } else {
+        std::thread::scope(|s| {
+            for (i, ys) in y.chunks_mut(chunk).enumerate() {
+                s.spawn(move || part(i, ys));
+            }
+        });
+    }
     if let Some(b) = b {
         for (y, b) in y.iter_mut().zip(b) {
             *y += b;

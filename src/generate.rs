@@ -125,6 +125,11 @@ impl Generator {
         &self.sampler
     }
 
+    /// Changes how the next tokens are chosen; the stream (cache, pending logits) is kept.
+    pub fn set_sampler(&mut self, sampler: Sampler) {
+        self.sampler = sampler;
+    }
+
     pub fn stop_tokens(&self) -> &[u32] {
         &self.stop
     }

@@ -23,3 +23,5 @@ pub use engine::{GpuModel, Logits, Session, Stats};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use model::{Config, Model, RopeLayout};
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
