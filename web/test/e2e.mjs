@@ -1,9 +1,9 @@
 // End-to-end: the demo page in headless Chromium (WebGPU on SwiftShader) with the real default
-// model, served by scripts/serve.sh. Loads the model, shrinks the cache to 4 sinks + a ring of 28,
-// chats until at least 20 tokens have streamed (well past the 32 slots), checks the cache picture
-// (sinks, ring, write head, hover), that memory stayed flat and nothing failed, saves a
-// screenshot, stops the reply, and reloads the page to check the model then comes from Cache
-// Storage without a download.
+// model, served by scripts/serve.sh. Checks the message a browser without WebGPU gets; loads the
+// model; shrinks the cache to 4 sinks + a ring of 28; chats until at least 20 tokens have
+// streamed (well past the 32 slots); checks the cache picture (sinks, ring, write head, hover),
+// that memory stayed flat and nothing failed; saves a screenshot; stops the reply; and reloads
+// the page to check the model then comes from Cache Storage without a download.
 //
 //   node web/test/e2e.mjs            (after scripts/build-web.sh; the model in models/)
 //   SCREENSHOT=docs/demo.png E2E_TOKENS=60 node web/test/e2e.mjs   also writes the README's screenshot
@@ -32,6 +32,18 @@ try {
     if (r.url().endsWith(".gguf")) modelRequests++;
   });
   const demo = (expr) => page.evaluate(`(() => { const d = window.sinkstreamDemo; return ${expr}; })()`);
+
+  // A browser without WebGPU gets a message saying what to enable, and nothing to click.
+  const bare = await browser.context.newPage();
+  await bare.addInitScript(() => Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined }));
+  await bare.goto(`${base}/demo/`);
+  await bare.waitForFunction(() => window.sinkstreamDemo && window.sinkstreamDemo.state === "no-webgpu", null, { timeout: 60000 });
+  const why = await bare.locator("#nogpu").textContent();
+  check(
+    (await bare.locator("#nogpu").isVisible()) && why.includes("enable-unsafe-webgpu") && why.includes("Safari") && (await bare.locator("#load-default").isDisabled()),
+    "without WebGPU the page says what to enable and which browsers work",
+  );
+  await bare.close();
 
   await page.goto(`${base}/demo/`);
   await page.waitForFunction(() => window.sinkstreamDemo && window.sinkstreamDemo.state !== "starting", null, { timeout: 60000 });
