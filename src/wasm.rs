@@ -561,6 +561,25 @@ fn progress(f: &Option<Function>, phase: &str, loaded: f64, total: f64) {
     }
 }
 
+/// The largest model file a page can load: wasm32 memory ends at 4 GiB, and loading holds the
+/// file and a copy of its weights at once.
+const MAX_MODEL_BYTES: f64 = 1.8e9;
+
+fn too_large(bytes: f64) -> JsValue {
+    js_error(format!(
+        "the model ({:.0} MB) is too large for the browser: WebAssembly memory ends at 4 GiB and loading needs about twice the file size (at most {:.0} MB); use a smaller or more quantised model",
+        bytes / 1e6,
+        MAX_MODEL_BYTES / 1e6
+    ))
+}
+
+fn check_model_size(bytes: f64) -> Result<(), JsValue> {
+    if bytes > MAX_MODEL_BYTES {
+        return Err(too_large(bytes));
+    }
+    Ok(())
+}
+
 /// Reads a response body into memory, reporting progress.
 async fn read_body(
     resp: &web_sys::Response,
@@ -578,7 +597,10 @@ async fn read_body(
         .body()
         .ok_or_else(|| js_error("the response has no body"))?;
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut out = Vec::with_capacity(total.min(4e9) as usize);
+    check_model_size(total)?;
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(total as usize)
+        .map_err(|_| too_large(total))?;
     progress(on_progress, phase, 0.0, total);
     loop {
         let r = JsFuture::from(reader.read())
@@ -590,6 +612,10 @@ async fn read_body(
         }
         let chunk: Uint8Array = r.get_value().unchecked_into();
         let n = out.len();
+        let grown = n as f64 + chunk.length() as f64;
+        check_model_size(grown)?;
+        out.try_reserve(chunk.length() as usize)
+            .map_err(|_| too_large(grown))?;
         out.resize(n + chunk.length() as usize, 0);
         chunk.copy_to(&mut out[n..]);
         progress(
@@ -636,6 +662,7 @@ impl Engine {
                 "fromBytes needs the model file as a Uint8Array or an ArrayBuffer",
             ));
         };
+        check_model_size(arr.length() as f64)?;
         let data = arr.to_vec();
         let opts = Opts::new(&options, "options", &all_load_keys())?;
         let name = opts.string("name")?.unwrap_or_else(|| "model.gguf".into());
