@@ -212,13 +212,25 @@ fn ppl_table(policy: Policy, want: f64) {
     let t = std::time::Instant::now();
     let n = gpu_nlls(policy, &ids, 128);
     let p = ppl(&n);
-    eprintln!("{policy}: ppl {p:.3} (reference {want}) in {:.1?}", t.elapsed());
-    assert!((p / want - 1.0).abs() < 1e-3, "{policy}: ppl {p}, reference {want}");
+    eprintln!(
+        "{policy}: ppl {p:.3} (reference {want}) in {:.1?}",
+        t.elapsed()
+    );
+    assert!(
+        (p / want - 1.0).abs() < 1e-3,
+        "{policy}: ppl {p}, reference {want}"
+    );
 }
 
 #[test]
 fn perplexity_table_sink_4_124() {
-    ppl_table(Policy::Sink { sinks: 4, window: 124 }, 33.23);
+    ppl_table(
+        Policy::Sink {
+            sinks: 4,
+            window: 124,
+        },
+        33.23,
+    );
 }
 
 #[test]
