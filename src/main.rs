@@ -704,7 +704,16 @@ fn plot_runs(
         .iter()
         .zip(names)
         .map(|(r, name)| Series {
-            name: format!("{name} (ppl {:.2})", r.ppl()),
+            name: if r.targets.start == 1 {
+                format!("{name} (ppl {:.2})", r.ppl())
+            } else {
+                format!(
+                    "{name} (ppl {:.2} on t={}..{})",
+                    r.ppl(),
+                    r.targets.start,
+                    r.targets.end - 1
+                )
+            },
             points: eval::smoothed_series(r, smooth, 2000),
         })
         .collect();
@@ -992,9 +1001,29 @@ fn compare(a: CompareArgs) -> Result<()> {
         recompute_batch: a.cache.min(256),
         memory_every: 0,
     };
-    let runs = eval::run_plan(&m.gpu_model, &ids, &plan, &opts, &mut |_, k| {
-        bar.inc(k as u64)
-    })?;
+    let mut runs = Vec::new();
+    for p in &plan {
+        let r = eval::evaluate(
+            &m.gpu_model,
+            p.policy,
+            &ids,
+            p.targets.clone(),
+            &opts,
+            &mut |k| bar.inc(k as u64),
+        )?;
+        bar.suspend(|| {
+            eprintln!(
+                "sinkstream: {} on t={}..{}: ppl {:.3} in {:.1} s ({:.2} tokens/s)",
+                r.label(),
+                r.targets.start,
+                r.targets.end - 1,
+                r.ppl(),
+                r.seconds,
+                r.tokens_per_second()
+            )
+        });
+        runs.push(r);
+    }
     bar.finish_and_clear();
     let name = a.text.file_name().unwrap_or_default().to_string_lossy();
     let table = eval::table_markdown(&runs);
