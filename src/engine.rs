@@ -175,6 +175,8 @@ impl Grid {
 }
 
 struct Op {
+    /// What the dispatch computes, for profiles ("matmul", "attention", ...).
+    name: &'static str,
     pipeline: wgpu::ComputePipeline,
     /// A variant for blocks of more than one token (the tiled matmul).
     tiled: Option<wgpu::ComputePipeline>,
@@ -295,7 +297,8 @@ impl Session {
         let mut body = Vec::new();
         let mut caches = Vec::new();
         // matmul ops for every part of a matrix: Y (+)= X W^T
-        let matmul = |ops: &mut Vec<Op>,
+        let matmul = |name: &'static str,
+                      ops: &mut Vec<Op>,
                       uni: &mut dyn FnMut(&str, &[u32]) -> wgpu::Buffer,
                       step: &wgpu::Buffer,
                       m: &GpuMatrix,
@@ -323,6 +326,7 @@ impl Session {
                 let b = bias.map(|b| &b.buffer).unwrap_or(&dummy.buffer);
                 let (one, tiled) = p.matmul(m.dtype);
                 ops.push(Op {
+                    name,
                     pipeline: one.clone(),
                     tiled: Some(tiled.clone()),
                     bind: gpu.bind_group(one, "matmul", &[step, &dims, buf, xin, y, b]),
@@ -340,6 +344,7 @@ impl Session {
                 &[c.dim as u32, *r0 as u32, *rows as u32, row_words],
             );
             body.push(Op {
+                name: "embed",
                 pipeline: p.embed(m.dtype).clone(),
                 tiled: None,
                 bind: gpu.bind_group(p.embed(m.dtype), "embed", &[&step, &dims, buf, &tokens, &x]),
@@ -374,6 +379,7 @@ impl Session {
             let kc = gpu.storage(&format!("k_cache_{li}"), slots * kvd * f)?;
             let vc = gpu.storage(&format!("v_cache_{li}"), slots * kvd * f)?;
             let norm = |g: &GpuBuffer, y: &wgpu::Buffer| Op {
+                name: "rmsnorm",
                 pipeline: p.rmsnorm.clone(),
                 tiled: None,
                 bind: gpu.bind_group(&p.rmsnorm, "rmsnorm", &[&step, &norm_dims, &x, g, y]),
@@ -389,6 +395,7 @@ impl Session {
                 ));
             }
             matmul(
+                "matmul q",
                 &mut body,
                 &mut uni,
                 &step,
@@ -399,6 +406,7 @@ impl Session {
                 false,
             );
             matmul(
+                "matmul k",
                 &mut body,
                 &mut uni,
                 &step,
@@ -409,6 +417,7 @@ impl Session {
                 false,
             );
             matmul(
+                "matmul v",
                 &mut body,
                 &mut uni,
                 &step,
@@ -419,6 +428,7 @@ impl Session {
                 false,
             );
             body.push(Op {
+                name: "attention",
                 pipeline: p.attention.clone(),
                 tiled: None,
                 bind: gpu.bind_group(
@@ -429,6 +439,7 @@ impl Session {
                 grid: Grid::Heads(c.n_heads as u32),
             });
             body.push(Op {
+                name: "kv_write",
                 pipeline: p.kv_write.clone(),
                 tiled: None,
                 bind: gpu.bind_group(
@@ -438,22 +449,56 @@ impl Session {
                 ),
                 grid: Grid::PerToken,
             });
-            matmul(&mut body, &mut uni, &step, &l.wo, &att, &x, None, true);
+            matmul(
+                "matmul o", &mut body, &mut uni, &step, &l.wo, &att, &x, None, true,
+            );
             body.push(norm(&l.ffn_norm, &xn));
-            matmul(&mut body, &mut uni, &step, &l.gate, &xn, &gate, None, false);
-            matmul(&mut body, &mut uni, &step, &l.up, &xn, &up, None, false);
+            matmul(
+                "matmul gate",
+                &mut body,
+                &mut uni,
+                &step,
+                &l.gate,
+                &xn,
+                &gate,
+                None,
+                false,
+            );
+            matmul(
+                "matmul up",
+                &mut body,
+                &mut uni,
+                &step,
+                &l.up,
+                &xn,
+                &up,
+                None,
+                false,
+            );
             body.push(Op {
+                name: "silu_mul",
                 pipeline: p.silu_mul.clone(),
                 tiled: None,
                 bind: gpu.bind_group(&p.silu_mul, "silu_mul", &[&step, &silu_dims, &gate, &up]),
                 grid: Grid::Elements(ffn as u32),
             });
-            matmul(&mut body, &mut uni, &step, &l.down, &gate, &x, None, true);
+            matmul(
+                "matmul down",
+                &mut body,
+                &mut uni,
+                &step,
+                &l.down,
+                &gate,
+                &x,
+                None,
+                true,
+            );
             caches.push(kc);
             caches.push(vc);
         }
 
         let mut head_all = vec![Op {
+            name: "rmsnorm",
             pipeline: p.rmsnorm.clone(),
             tiled: None,
             bind: gpu.bind_group(
@@ -464,6 +509,7 @@ impl Session {
             grid: Grid::PerToken,
         }];
         matmul(
+            "lm head",
             &mut head_all,
             &mut uni,
             &step,
@@ -474,6 +520,7 @@ impl Session {
             false,
         );
         let mut head_last = vec![Op {
+            name: "rmsnorm",
             pipeline: p.rmsnorm.clone(),
             tiled: None,
             bind: gpu.bind_group(
@@ -484,6 +531,7 @@ impl Session {
             grid: Grid::One,
         }];
         matmul(
+            "lm head",
             &mut head_last,
             &mut uni,
             &step_one,
@@ -626,13 +674,13 @@ impl Session {
         pollster::block_on(self.feed(tokens, which))
     }
 
-    async fn block(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
-        let gpu = self.model.gpu.clone();
-        let t = tokens.len() as u32;
+    /// Writes the block's uniform (its place in the stream) and its token ids.
+    fn write_step(&self, tokens: &[u32]) {
+        let gpu = &self.model.gpu;
         let (s, w) = (self.rule.sinks as u64, self.rule.window as u64);
         let n0 = self.count;
         let st = Step {
-            t,
+            t: tokens.len() as u32,
             n0c: n0.min(s + w) as u32,
             head0: ((n0.max(s) - s) % w) as u32,
             sinks_cached: n0.min(s) as u32,
@@ -641,6 +689,12 @@ impl Session {
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&st));
         gpu.queue
             .write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+    }
+
+    async fn block(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let gpu = self.model.gpu.clone();
+        let t = tokens.len() as u32;
+        self.write_step(tokens);
         let head = match which {
             Logits::All => &self.head_all[..],
             Logits::Last => &self.head_last[..],
@@ -684,6 +738,109 @@ impl Session {
             return Ok(Vec::new());
         }
         read_buffer(&gpu, &self.readback, bytes).await
+    }
+}
+
+/// Time spent on the GPU by one kind of dispatch during a profiled block.
+#[derive(Clone, Debug)]
+pub struct OpTime {
+    pub name: &'static str,
+    pub dispatches: u32,
+    pub seconds: f64,
+}
+
+impl Session {
+    /// Runs one block like `feed` with `Logits::Last`, but with every dispatch in its own compute
+    /// pass bracketed by GPU timestamps; returns the time per kind of dispatch, largest first.
+    /// Needs the adapter's TIMESTAMP_QUERY feature (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_block(&mut self, tokens: &[u32]) -> Result<Vec<OpTime>> {
+        let gpu = self.model.gpu.clone();
+        if !gpu
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(Error::gpu(format!(
+                "{} has no TIMESTAMP_QUERY: cannot profile",
+                gpu.info.name
+            )));
+        }
+        if tokens.is_empty()
+            || tokens.len() > self.max_batch
+            || matches!(self.policy, Policy::Recompute { .. })
+        {
+            return Err(Error::invalid(
+                "profile one block of 1..=max_batch tokens (not under recompute)",
+            ));
+        }
+        let ops: Vec<&Op> = self.body.iter().chain(&self.head_last).collect();
+        let n = ops.len() as u32 * 2;
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: n,
+        });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile_resolve"),
+            size: n as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile_read"),
+            size: n as u64 * 8,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.write_step(tokens);
+        let t = tokens.len() as u32;
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("profile"),
+            });
+        for (i, op) in ops.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(op.name),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            let (x, y, z) = op.grid.dims(t);
+            match (&op.tiled, t > 1) {
+                (Some(tiled), true) => pass.set_pipeline(tiled),
+                _ => pass.set_pipeline(&op.pipeline),
+            }
+            pass.set_bind_group(0, &op.bind, &[]);
+            pass.dispatch_workgroups(x, y, z);
+        }
+        enc.resolve_query_set(&set, 0..n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
+        gpu.queue.submit([enc.finish()]);
+        self.count += t as u64;
+        let words = pollster::block_on(read_buffer(&gpu, &read, n as u64 * 8))?;
+        let stamps: &[u64] = bytemuck::cast_slice(&words);
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        let mut out: Vec<OpTime> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let dt = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period;
+            match out.iter_mut().find(|o| o.name == op.name) {
+                Some(o) => {
+                    o.dispatches += 1;
+                    o.seconds += dt;
+                }
+                None => out.push(OpTime {
+                    name: op.name,
+                    dispatches: 1,
+                    seconds: dt,
+                }),
+            }
+        }
+        out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Ok(out)
     }
 }
 

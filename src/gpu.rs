@@ -118,6 +118,7 @@ impl Gpu {
         let mut limits = wgpu::Limits::downlevel_defaults();
         limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
         limits.max_buffer_size = al.max_buffer_size;
+        limits.max_uniform_buffer_binding_size = al.max_uniform_buffer_binding_size;
         limits.max_storage_buffers_per_shader_stage =
             al.max_storage_buffers_per_shader_stage.min(10);
         limits.max_compute_workgroup_storage_size =
@@ -133,10 +134,12 @@ impl Gpu {
             )));
         }
         let features = adapter.features();
+        // Timestamps only serve profiles (`sinkstream bench --profile`); ask where offered.
+        let wanted = features & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("sinkstream"),
-                required_features: wgpu::Features::empty(),
+                required_features: wanted,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
