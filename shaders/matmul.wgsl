@@ -1,48 +1,87 @@
-// matmul.wgsl: Y[t, y_offset + n] (+)= sum_k X[t, k] * W[n, k] (+ bias[n])
-// for t < step.t (tokens in the block) and n < dims.n (rows of this weight part).
-// Weights stay quantised; weights8() from dequant.wgsl expands 8 at a time.
-// One invocation computes one output row n for a tile of TT tokens (an override: 1 for decode,
-// 8 for prefill), so each weight is dequantised once per tile and no barrier is needed. Rows of
-// a partial last tile are clamped to the last token and their results dropped.
-// Dispatch: (min(ceil(N / 64), 32768), ceil(T / TT), ceil(N / 64 / 32768)), workgroup 64.
-// flags: 1 = accumulate into Y (fuses the residual add), 2 = add bias.
+// matmul.wgsl: Y[t0 + t, y_offset + n] (+)= sum_k X[t, k] * W[n, k] (+ bias[n]) for the tokens
+// t < min(TT, step.t - t0) of one tile and the rows n < dims.n of one weight part; weights stay in
+// their file formats (weights.wgsl). With flag 4 (SwiGLU) the part's row groups alternate gate
+// and up (8 rows each) and the output is silu(gate) * up, row (group / 2) * 8 + lane.
+// Work split, chosen for SIMD-on-CPU drivers as much as for GPUs: an invocation computes RG row
+// groups x TT tokens for one row lane (lane = invocation % 8, so 8 neighbouring invocations read
+// consecutive memory); each weight is dequantised once per tile and each X value, the same for
+// every invocation, is read from a uniform buffer and used RG times.
+// Dispatch, once per tile of TT tokens (dynamic offsets: X at the tile's first token, `tile` its
+// index): (ceil(ceil(N / 8) / RG * 8 / 64), 1, 1), workgroup 64.
+// flags: 1 = accumulate into Y (fuses the residual add), 2 = add bias, 4 = SwiGLU.
 
 struct Step { t: u32, n0c: u32, head0: u32, sinks_cached: u32 }
-struct Dims { k: u32, n: u32, y_stride: u32, y_offset: u32, row_words: u32, flags: u32, _p0: u32, _p1: u32 }
+struct Dims {
+    k: u32, n: u32, y_stride: u32, y_offset: u32,
+    group_vec4s: u32, flags: u32, out_n: u32, _p: u32,
+}
+struct Tile { index: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> dims: Dims;
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // (ceil(N / 64) * 64, row_words), rows interleaved by 64
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;    // (T, K / 4)
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (T, y_stride)
-@group(0) @binding(5) var<storage, read> bias: array<f32>;       // (N) or a dummy
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;   // (ceil(N / 8), group_vec4s)
+@group(0) @binding(3) var<uniform> x: array<vec4<f32>, 4096>;   // (TT, K / 4) from the tile's first token
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;   // (T, y_stride)
+@group(0) @binding(5) var<storage, read> bias: array<f32>;      // (N) or a dummy
+@group(0) @binding(6) var<uniform> tile: Tile;
 
-override TT: u32 = 1u;
+override TT: u32 = 1u;   // tokens per invocation, RG * TT <= 32
+override RG: u32 = 4u;   // row groups per invocation, <= 4 (even for SwiGLU)
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n = (wid.x + wid.z * 32768u) * 64u + lid;
-    let t0 = wid.y * TT;
-    if (n >= dims.n || t0 >= step.t) { return; }
+    let slot = wid.x * 64u + lid;
+    let lane = slot % 8u;
+    let g0 = (slot / 8u) * RG;
+    let ngroups = (dims.n + 7u) / 8u;
+    if (g0 >= ngroups) { return; }
+    let t0 = tile.index * TT;
+    let tn = min(TT, step.t - t0);
+    let units = dims.k / 32u;
+    let pv = payload_vec4s();
+    let gv = dims.group_vec4s;
     let k4 = dims.k / 4u;
-    var xrow: array<u32, 8>;     // TT <= 8
-    for (var t = 0u; t < TT; t++) { xrow[t] = min(t0 + t, step.t - 1u) * k4; }
-    var acc: array<f32, 8>;
-    let row = row_start(n, dims.row_words);
-    for (var u = 0u; u < dims.k / 8u; u++) {
-        let wv = weights8(row, u);
-        for (var t = 0u; t < TT; t++) {
-            let i = xrow[t] + u * 2u;
-            acc[t] += dot(wv.a, x[i]) + dot(wv.b, x[i + 1u]);
+    var base: array<u32, 4>;
+    for (var r = 0u; r < RG; r++) { base[r] = min(g0 + r, ngroups - 1u) * gv + lane; }
+    var acc: array<f32, 32>;    // [r * TT + t]
+    var cur: array<vec4<u32>, 4>;
+    var sc: array<vec4<u32>, 4>;
+    for (var u = 0u; u < units; u++) {
+        if (has_scales() && u % 4u == 0u) {
+            for (var r = 0u; r < RG; r++) { sc[r] = w[base[r] + (units * pv + u / 4u) * 8u]; }
+        }
+        for (var s = 0u; s < 8u; s++) {
+            if ((s * pv) % 8u == 0u) {
+                for (var r = 0u; r < RG; r++) { cur[r] = w[base[r] + (u * pv + payload_index(s)) * 8u]; }
+            }
+            var wv: array<vec4<f32>, 4>;
+            for (var r = 0u; r < RG; r++) { wv[r] = weights4(cur[r], s, sc[r][u % 4u]); }
+            for (var t = 0u; t < TT; t++) {
+                let xv = x[t * k4 + u * 8u + s];
+                for (var r = 0u; r < RG; r++) { acc[r * TT + t] += dot(wv[r], xv); }
+            }
         }
     }
-    for (var t = 0u; t < TT; t++) {
-        if (t0 + t < step.t) {
-            let i = (t0 + t) * dims.y_stride + dims.y_offset + n;
-            var v = acc[t];
-            if ((dims.flags & 2u) != 0u) { v += bias[n]; }
-            if ((dims.flags & 1u) != 0u) { v += y[i]; }
-            y[i] = v;
+    for (var r = 0u; r < RG; r++) {
+        let g = g0 + r;
+        for (var t = 0u; t < TT; t++) {
+            if (t >= tn) { break; }
+            let v = acc[r * TT + t];
+            let row0 = (t0 + t) * dims.y_stride;
+            if ((dims.flags & 4u) != 0u) {
+                let o = dims.y_offset + (g / 2u) * 8u + lane;
+                if (r % 2u == 0u && o < dims.out_n) {
+                    y[row0 + o] = v / (1.0 + exp(-v)) * acc[(r + 1u) * TT + t];
+                }
+                continue;
+            }
+            let n = g * 8u + lane;
+            if (n >= dims.n) { continue; }
+            var out = v;
+            if ((dims.flags & 2u) != 0u) { out += bias[n]; }
+            let i = row0 + dims.y_offset + n;
+            if ((dims.flags & 1u) != 0u) { out += y[i]; }
+            y[i] = out;
         }
     }
 }

@@ -2,7 +2,7 @@
 //! one stream's KV cache and streams blocks of tokens through the model under a cache policy.
 //!
 //! Everything (buffers, bind groups, the list of dispatches) is created in `Session::new`; a
-//! block costs a few small uniform writes, one command buffer, one submission and one readback.
+//! block costs a few small buffer writes, one command buffer, one submission and one readback.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,9 +13,18 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::cache::{CacheRule, Policy};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuBuffer, MATMUL_TILE};
+use crate::gpu::{wtype, Bind, Gpu, GpuBuffer, Kernel, Pipeline, UNIFORM_WINDOW};
 use crate::model::{Config, RopeLayout, Weights};
-use crate::tensor::{DType, HostTensor, GPU_INTERLEAVE};
+use crate::tensor::{DType, HostTensor, GPU_GROUP};
+
+/// Row groups one matmul invocation computes (shaders/matmul.wgsl, override RG).
+const MATMUL_RG: usize = 4;
+/// Rows per invocation slice: tensors are split across bindings on multiples of this.
+const ROW_CHUNK: usize = GPU_GROUP * MATMUL_RG;
+/// Floats a uniform window holds.
+const WINDOW_FLOATS: usize = (UNIFORM_WINDOW / 4) as usize;
+/// Byte stride of the entries of the tile-index uniform buffer (the dynamic offset alignment).
+const TILE_STRIDE: u64 = 256;
 
 /// A weight matrix on the GPU, split by rows into parts that each fit one storage binding.
 pub struct GpuMatrix {
@@ -32,15 +41,21 @@ impl GpuMatrix {
 
     /// Upload with an explicit per-part byte limit (tests use a small one to exercise splitting).
     pub fn upload_limited(gpu: &Gpu, t: &HostTensor, max_bytes: u64) -> Result<GpuMatrix> {
+        t.check_gpu_shape()?;
+        if t.cols > WINDOW_FLOATS {
+            return Err(Error::gpu(format!(
+                "tensor {}: rows of {} weights; sinkstream's matmul reads at most {WINDOW_FLOATS} inputs per token",
+                t.name, t.cols
+            )));
+        }
         let row_bytes = t.dtype.gpu_row_bytes(t.cols) as u64;
-        // Parts hold whole groups of interleaved rows.
-        let il = GPU_INTERLEAVE;
-        let rows_per_part = (max_bytes / row_bytes) as usize / il * il;
+        // Parts hold whole slices of ROW_CHUNK rows, so no invocation straddles two parts.
+        let rows_per_part = (max_bytes / row_bytes) as usize / ROW_CHUNK * ROW_CHUNK;
         if rows_per_part == 0 {
             return Err(Error::gpu(format!(
-                "tensor {}: {il} rows take {} bytes, more than the adapter's storage binding limit of {max_bytes} bytes (max_storage_buffer_binding_size)",
+                "tensor {}: {ROW_CHUNK} rows take {} bytes, more than the adapter's storage binding limit of {max_bytes} bytes (max_storage_buffer_binding_size)",
                 t.name,
-                row_bytes * il as u64
+                row_bytes * ROW_CHUNK as u64
             )));
         }
         let mut parts = Vec::new();
@@ -62,21 +77,81 @@ impl GpuMatrix {
     pub fn part_count(&self) -> usize {
         self.parts.len()
     }
+
+    /// Tokens per matmul tile for prefill: as many as fit one uniform window of inputs (<= 8).
+    fn tile_tokens(&self) -> u32 {
+        let mut tt = 8;
+        while tt > 1 && tt * self.cols > WINDOW_FLOATS {
+            tt /= 2;
+        }
+        tt as u32
+    }
+}
+
+/// One projection into a shared output: the matrix, its bias, its first output column.
+struct Proj {
+    m: GpuMatrix,
+    bias: Option<GpuBuffer>,
+    offset: usize,
+}
+
+/// The feed-forward input projections: gate and up interleaved by row group with SwiGLU in the
+/// matmul's epilogue, or (when their types differ) two matmuls and a separate SwiGLU kernel.
+enum FfnUp {
+    Fused(GpuMatrix),
+    Split(GpuMatrix, GpuMatrix),
 }
 
 struct GpuLayer {
     attn_norm: GpuBuffer,
-    wq: GpuMatrix,
-    wk: GpuMatrix,
-    wv: GpuMatrix,
-    bq: Option<GpuBuffer>,
-    bk: Option<GpuBuffer>,
-    bv: Option<GpuBuffer>,
+    qkv: Vec<Proj>,
     wo: GpuMatrix,
     ffn_norm: GpuBuffer,
-    gate: GpuMatrix,
-    up: GpuMatrix,
+    up: FfnUp,
     down: GpuMatrix,
+}
+
+/// Rows of several same-typed matrices stacked into one (Q, K, V as one projection).
+fn stack_rows(name: &str, ts: &[&HostTensor]) -> Option<HostTensor> {
+    let first = ts[0];
+    if ts
+        .iter()
+        .any(|t| t.dtype != first.dtype || t.cols != first.cols)
+    {
+        return None;
+    }
+    Some(HostTensor {
+        name: name.to_string(),
+        dtype: first.dtype,
+        rows: ts.iter().map(|t| t.rows).sum(),
+        cols: first.cols,
+        data: ts.iter().flat_map(|t| t.data.iter().copied()).collect(),
+    })
+}
+
+/// Gate and up interleaved by groups of 8 rows (each padded to a whole group with zero rows):
+/// gate group 0, up group 0, gate group 1, ... shaders/matmul.wgsl's SwiGLU epilogue pairs them.
+fn interleave_gate_up(name: &str, gate: &HostTensor, up: &HostTensor) -> Option<HostTensor> {
+    if gate.dtype != up.dtype || gate.cols != up.cols || gate.rows != up.rows {
+        return None;
+    }
+    let rb = gate.row_bytes();
+    let groups = gate.rows.div_ceil(GPU_GROUP);
+    let mut data = vec![0u8; groups * 2 * GPU_GROUP * rb];
+    for r in 0..gate.rows {
+        let (g, lane) = (r / GPU_GROUP, r % GPU_GROUP);
+        for (k, t) in [gate, up].iter().enumerate() {
+            let at = ((2 * g + k) * GPU_GROUP + lane) * rb;
+            data[at..at + rb].copy_from_slice(&t.data[r * rb..(r + 1) * rb]);
+        }
+    }
+    Some(HostTensor {
+        name: name.to_string(),
+        dtype: gate.dtype,
+        rows: groups * 2 * GPU_GROUP,
+        cols: gate.cols,
+        data,
+    })
 }
 
 /// A model's weights on the GPU, shared by any number of sessions.
@@ -101,23 +176,75 @@ impl GpuModel {
         w: &Weights,
         max_bytes: u64,
     ) -> Result<GpuModel> {
+        let c = config;
+        if c.head_dim % 4 != 0 || c.head_dim > 256 {
+            return Err(Error::gpu(format!(
+                "head dimension {}: sinkstream's attention kernels need a multiple of 4 up to 256",
+                c.head_dim
+            )));
+        }
+        if c.n_heads / c.n_kv_heads > 8 {
+            return Err(Error::gpu(format!(
+                "{} query heads per key/value head: sinkstream's attention kernels handle at most 8",
+                c.n_heads / c.n_kv_heads
+            )));
+        }
         let mat = |t: &HostTensor| GpuMatrix::upload_limited(&gpu, t, max_bytes);
         let vec = |t: &HostTensor| gpu.storage_init(&t.name, &t.data);
         let opt = |t: &Option<HostTensor>| t.as_ref().map(vec).transpose();
         let mut layers = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
+        for (i, l) in w.layers.iter().enumerate() {
+            let qkv = match stack_rows(&format!("blk.{i}.attn_qkv"), &[&l.wq, &l.wk, &l.wv]) {
+                Some(t) if l.bq.is_some() == l.bk.is_some() && l.bk.is_some() == l.bv.is_some() => {
+                    let bias = match (&l.bq, &l.bk, &l.bv) {
+                        (Some(a), Some(b), Some(d)) => {
+                            let data: Vec<u8> = [a, b, d]
+                                .iter()
+                                .flat_map(|t| t.data.iter().copied())
+                                .collect();
+                            Some(gpu.storage_init(&format!("blk.{i}.attn_qkv.bias"), &data)?)
+                        }
+                        _ => None,
+                    };
+                    vec![Proj {
+                        m: mat(&t)?,
+                        bias,
+                        offset: 0,
+                    }]
+                }
+                _ => vec![
+                    Proj {
+                        m: mat(&l.wq)?,
+                        bias: opt(&l.bq)?,
+                        offset: 0,
+                    },
+                    Proj {
+                        m: mat(&l.wk)?,
+                        bias: opt(&l.bk)?,
+                        offset: c.q_dim(),
+                    },
+                    Proj {
+                        m: mat(&l.wv)?,
+                        bias: opt(&l.bv)?,
+                        offset: c.q_dim() + c.kv_dim(),
+                    },
+                ],
+            };
+            if qkv.iter().any(|p| p.bias.is_some() && p.m.part_count() > 1) {
+                return Err(Error::gpu(
+                    "biased projections larger than one storage binding are not supported",
+                ));
+            }
+            let up = match interleave_gate_up(&format!("blk.{i}.ffn_gate_up"), &l.w_gate, &l.w_up) {
+                Some(t) => FfnUp::Fused(mat(&t)?),
+                None => FfnUp::Split(mat(&l.w_gate)?, mat(&l.w_up)?),
+            };
             layers.push(GpuLayer {
                 attn_norm: vec(&l.attn_norm)?,
-                wq: mat(&l.wq)?,
-                wk: mat(&l.wk)?,
-                wv: mat(&l.wv)?,
-                bq: opt(&l.bq)?,
-                bk: opt(&l.bk)?,
-                bv: opt(&l.bv)?,
+                qkv,
                 wo: mat(&l.wo)?,
                 ffn_norm: vec(&l.ffn_norm)?,
-                gate: mat(&l.w_gate)?,
-                up: mat(&l.w_up)?,
+                up,
                 down: mat(&l.w_down)?,
             });
         }
@@ -145,43 +272,92 @@ struct Step {
     sinks_cached: u32,
 }
 
-/// How many workgroups a dispatch needs for a block of T tokens.
+/// How an op is dispatched for a block of T tokens.
 #[derive(Clone, Copy)]
 enum Grid {
+    /// (T, 1, 1)
     PerToken,
+    /// (1, 1, 1)
     One,
-    Rows(u32),
-    Heads(u32),
+    /// (ceil(T * per_token / 256), 1, 1)
     Elements(u32),
-}
-
-impl Grid {
-    fn dims(self, t: u32) -> (u32, u32, u32) {
-        match self {
-            Grid::PerToken => (t, 1, 1),
-            Grid::One => (1, 1, 1),
-            Grid::Rows(n) => {
-                let tile = if t > 1 { MATMUL_TILE } else { 1 };
-                (
-                    n.div_ceil(64).min(32768),
-                    t.div_ceil(tile),
-                    n.div_ceil(64).div_ceil(32768),
-                )
-            }
-            Grid::Heads(h) => (h, t, 1),
-            Grid::Elements(per_token) => ((per_token * t).div_ceil(256), 1, 1),
-        }
-    }
+    /// One dispatch of `workgroups` per tile of `tt` tokens (1 when T = 1), with dynamic offsets:
+    /// the inputs (rows of `k` floats) at the tile's first token, the tile index.
+    Matmul { workgroups: u32, k: u32, tt: u32 },
+    /// One dispatch per tile of `tq` queries (1 when T = 1): (key chunks, kv_heads, queries),
+    /// dynamic offsets: the queries (rows of `q_floats`) at the tile's first query, the tile index.
+    Scores {
+        kv_heads: u32,
+        tq: u32,
+        q_floats: u32,
+        keys_per_workgroup: u32,
+    },
+    /// (kv_heads, T, 1)
+    PerHead(u32),
 }
 
 struct Op {
-    /// What the dispatch computes, for profiles ("matmul", "attention", ...).
+    /// What the dispatch computes, for profiles ("matmul qkv", "attention scores", ...).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     name: &'static str,
-    pipeline: wgpu::ComputePipeline,
-    /// A variant for blocks of more than one token (the tiled matmul).
-    tiled: Option<wgpu::ComputePipeline>,
+    pipeline: Arc<Pipeline>,
+    /// The variant for blocks of more than one token, where there is one.
+    multi: Option<Arc<Pipeline>>,
     bind: wgpu::BindGroup,
     grid: Grid,
+}
+
+impl Op {
+    /// Records the op's dispatches for a block of `t` tokens whose last query sees `keys` keys.
+    fn encode(&self, pass: &mut wgpu::ComputePass, t: u32, keys: u32) -> u64 {
+        let pipeline = match (&self.multi, t > 1) {
+            (Some(m), true) => m,
+            _ => &self.pipeline,
+        };
+        pass.set_pipeline(&pipeline.pipeline);
+        let tiles = |n: u32| if t > 1 { t.div_ceil(n) } else { 1 };
+        match self.grid {
+            Grid::PerToken => self.once(pass, (t, 1, 1)),
+            Grid::One => self.once(pass, (1, 1, 1)),
+            Grid::Elements(n) => self.once(pass, ((n * t).div_ceil(256), 1, 1)),
+            Grid::PerHead(h) => self.once(pass, (h, t, 1)),
+            Grid::Matmul { workgroups, k, tt } => {
+                let tt = if t > 1 { tt } else { 1 };
+                let n = tiles(tt);
+                for i in 0..n {
+                    let x = i * tt * k * 4;
+                    pass.set_bind_group(0, &self.bind, &[x, i * TILE_STRIDE as u32]);
+                    pass.dispatch_workgroups(workgroups, 1, 1);
+                }
+                n as u64
+            }
+            Grid::Scores {
+                kv_heads,
+                tq,
+                q_floats,
+                keys_per_workgroup,
+            } => {
+                let tq = if t > 1 { tq } else { 1 };
+                let n = tiles(tq);
+                for i in 0..n {
+                    let q = i * tq * q_floats * 4;
+                    pass.set_bind_group(0, &self.bind, &[q, i * TILE_STRIDE as u32]);
+                    pass.dispatch_workgroups(
+                        keys.div_ceil(keys_per_workgroup),
+                        kv_heads,
+                        tq.min(t),
+                    );
+                }
+                n as u64
+            }
+        }
+    }
+
+    fn once(&self, pass: &mut wgpu::ComputePass, (x, y, z): (u32, u32, u32)) -> u64 {
+        pass.set_bind_group(0, &self.bind, &[]);
+        pass.dispatch_workgroups(x, y, z);
+        1
+    }
 }
 
 /// Which logits a block returns.
@@ -220,6 +396,7 @@ pub struct Session {
     history: std::collections::VecDeque<u32>,
     step: GpuBuffer,
     tokens: GpuBuffer,
+    rot: GpuBuffer,
     logits: GpuBuffer,
     readback: GpuBuffer,
     body: Vec<Op>,
@@ -228,6 +405,109 @@ pub struct Session {
     submissions: u64,
     dispatches: u64,
     _keep: Vec<GpuBuffer>,
+}
+
+/// Builds the ops of a session: pipelines come from the GPU's cache, uniforms are kept alive.
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    keep: Vec<GpuBuffer>,
+    tile: &'a GpuBuffer,
+    dummy: &'a GpuBuffer,
+}
+
+impl Builder<'_> {
+    fn uniform(&mut self, label: &str, words: &[u32]) -> wgpu::Buffer {
+        let b = self.gpu.uniform(label, bytemuck::cast_slice(words));
+        let raw = b.buffer.clone();
+        self.keep.push(b);
+        raw
+    }
+
+    fn op(
+        &self,
+        name: &'static str,
+        kernel: Kernel,
+        constants: &[(&'static str, u32)],
+        res: &[Bind],
+        grid: Grid,
+    ) -> Op {
+        let pipeline = self.gpu.pipeline(kernel, constants);
+        Op {
+            name,
+            bind: self.gpu.bind(&pipeline, name, res),
+            pipeline,
+            multi: None,
+            grid,
+        }
+    }
+
+    /// Y (+)= X W^T for every part of `m`: X is read through uniform windows, Y written from
+    /// column `offset` in rows of `stride`. `swiglu`: `m` is gate/up interleaved, Y = silu(g) * u.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &mut self,
+        ops: &mut Vec<Op>,
+        name: &'static str,
+        step: &wgpu::Buffer,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        (stride, offset): (usize, usize),
+        bias: Option<&GpuBuffer>,
+        accumulate: bool,
+        swiglu: bool,
+    ) {
+        let tt = m.tile_tokens();
+        let wt = wtype(m.dtype);
+        for (buf, r0, rows) in &m.parts {
+            let flags = accumulate as u32 | ((bias.is_some() as u32) << 1) | ((swiglu as u32) << 2);
+            let (y_offset, out_n) = if swiglu {
+                (r0 / 2, stride as u32)
+            } else {
+                (offset + r0, 0)
+            };
+            let dims = self.uniform(
+                "matmul_dims",
+                &[
+                    m.cols as u32,
+                    *rows as u32,
+                    stride as u32,
+                    y_offset as u32,
+                    m.dtype.gpu_group_vec4s(m.cols) as u32,
+                    flags,
+                    out_n,
+                    0,
+                ],
+            );
+            let b = bias.map(|b| &b.buffer).unwrap_or(&self.dummy.buffer);
+            let slots = (rows.div_ceil(GPU_GROUP)).div_ceil(MATMUL_RG) * GPU_GROUP;
+            let rg = MATMUL_RG as u32;
+            let mut op = self.op(
+                name,
+                Kernel::Matmul,
+                &[("WTYPE", wt), ("TT", 1), ("RG", rg)],
+                &[
+                    Bind::Whole(step),
+                    Bind::Whole(&dims),
+                    Bind::Whole(buf),
+                    Bind::Window(x, UNIFORM_WINDOW),
+                    Bind::Whole(y),
+                    Bind::Whole(b),
+                    Bind::Window(&self.tile.buffer, 16),
+                ],
+                Grid::Matmul {
+                    workgroups: slots.div_ceil(64) as u32,
+                    k: m.cols as u32,
+                    tt,
+                },
+            );
+            op.multi = Some(
+                self.gpu
+                    .pipeline(Kernel::Matmul, &[("WTYPE", wt), ("TT", tt), ("RG", rg)]),
+            );
+            ops.push(op);
+        }
+    }
 }
 
 impl Session {
@@ -240,17 +520,23 @@ impl Session {
         let gpu = model.gpu.clone();
         let c = &model.config;
         let rule = policy.rule();
-        let p = &gpu.pipelines;
         let f = 4u64;
         let tb = max_batch as u64;
-        let slots = rule.slots() as u64;
-        let (dim, qd, kvd, ffn, vocab) = (
-            c.dim as u64,
-            c.q_dim() as u64,
-            c.kv_dim() as u64,
-            c.ffn_dim as u64,
-            c.vocab as u64,
-        );
+        let slots = rule.slots();
+        let (dim, qd, kvd, ffn, vocab) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab);
+        let qkv_stride = qd + 2 * kvd;
+        let group = (c.n_heads / c.n_kv_heads) as u32;
+        // Queries per attention tile: as many as one uniform window holds (ring and sink
+        // rotations), a power of two so tile offsets stay aligned.
+        let mut tq = 8usize;
+        while tq > 1 && tq * 2 * qd > WINDOW_FLOATS {
+            tq /= 2;
+        }
+        if 2 * qd > WINDOW_FLOATS || (tq > 1 && (tq * 2 * qd * 4) % 256 != 0) {
+            return Err(Error::gpu(format!(
+                "query width {qd}: too large for sinkstream's attention kernel"
+            )));
+        }
 
         let step = gpu.uniform("step", bytemuck::bytes_of(&Step::zeroed()));
         let step_one = gpu.uniform(
@@ -260,103 +546,89 @@ impl Session {
                 ..Step::zeroed()
             }),
         );
+        // Tile indices 0, 1, 2, ... at the dynamic-offset alignment.
+        let tiles: Vec<u32> = (0..max_batch as u32 + 1)
+            .flat_map(|i| {
+                let mut e = [0u32; (TILE_STRIDE / 4) as usize];
+                e[0] = i;
+                e
+            })
+            .collect();
+        let tile = gpu.uniform("tiles", bytemuck::cast_slice(&tiles));
         let tokens = gpu.storage("tokens", tb * 4)?;
-        let x = gpu.storage("x", tb * dim * f)?;
-        let xn = gpu.storage("xn", tb * dim * f)?;
-        let xlast = gpu.storage("xlast", dim * f)?;
-        let q = gpu.storage("q", tb * qd * f)?;
-        let kb = gpu.storage("k_block", tb * kvd * f)?;
-        let vb = gpu.storage("v_block", tb * kvd * f)?;
-        let att = gpu.storage("attention_out", tb * qd * f)?;
-        let gate = gpu.storage("gate", tb * ffn * f)?;
-        let up = gpu.storage("up", tb * ffn * f)?;
-        let logits = gpu.storage("logits", tb * vocab * f)?;
-        let readback = gpu.readback("logits_readback", tb * vocab * f);
+        let x = gpu.storage("x", tb * dim as u64 * f)?;
+        let xn = gpu.windowed("xn", tb * dim as u64 * f)?;
+        let xlast = gpu.windowed("xlast", dim as u64 * f)?;
+        let qkv = gpu.storage("qkv", tb * qkv_stride as u64 * f)?;
+        let qr = gpu.windowed("q_rotated", tb * 2 * qd as u64 * f)?;
+        let sc = gpu.storage("scores", tb * c.n_heads as u64 * slots as u64 * f)?;
+        let att = gpu.windowed("attention_out", tb * qd as u64 * f)?;
+        let act = gpu.windowed("swiglu", tb * ffn as u64 * f)?;
+        let logits = gpu.storage("logits", tb * vocab as u64 * f)?;
+        let readback = gpu.readback("logits_readback", tb * vocab as u64 * f);
+        let rot = gpu.storage("rotations", tb * c.head_dim as u64 * 2 * f)?;
         let dummy = gpu.storage("dummy", 4)?;
-
-        // RoPE angles for every position the cache can hand out, computed once in f64.
-        let half = c.head_dim / 2;
-        let mut table = Vec::with_capacity(rule.slots() * half * 2);
-        for pos in 0..rule.slots() {
-            for fr in &c.rope_freqs {
-                let a = pos as f64 * fr;
-                table.push(a.cos() as f32);
-                table.push(a.sin() as f32);
-            }
-        }
-        let rope = gpu.storage_init("rope_table", bytemuck::cast_slice(&table))?;
-
-        let mut keep = Vec::new();
-        let mut uni = |label: &str, words: &[u32]| -> wgpu::Buffer {
-            let b = gpu.uniform(label, bytemuck::cast_slice(words));
-            let raw = b.buffer.clone();
-            keep.push(b);
-            raw
+        let split_ffn = model
+            .layers
+            .iter()
+            .any(|l| matches!(l.up, FfnUp::Split(..)));
+        let gate_up = if split_ffn {
+            Some(gpu.storage("gate_up", tb * 2 * ffn as u64 * f)?)
+        } else {
+            None
         };
 
+        let mut b = Builder {
+            gpu: &gpu,
+            keep: Vec::new(),
+            tile: &tile,
+            dummy: &dummy,
+        };
         let mut body = Vec::new();
         let mut caches = Vec::new();
-        // matmul ops for every part of a matrix: Y (+)= X W^T
-        let matmul = |name: &'static str,
-                      ops: &mut Vec<Op>,
-                      uni: &mut dyn FnMut(&str, &[u32]) -> wgpu::Buffer,
-                      step: &wgpu::Buffer,
-                      m: &GpuMatrix,
-                      xin: &wgpu::Buffer,
-                      y: &wgpu::Buffer,
-                      bias: Option<&GpuBuffer>,
-                      accumulate: bool| {
-            for (buf, r0, rows) in &m.parts {
-                let flags = accumulate as u32 | ((bias.is_some() as u32) << 1);
-                let row_words = (m.dtype.gpu_row_bytes(m.cols) / 4) as u32;
-                let dims = uni(
-                    "matmul_dims",
-                    &[
-                        m.cols as u32,
-                        *rows as u32,
-                        m.rows as u32,
-                        *r0 as u32,
-                        row_words,
-                        flags,
-                        0,
-                        0,
-                    ],
-                );
-                // A part's bias is offset by its first row: only the unsplit case carries a bias.
-                let b = bias.map(|b| &b.buffer).unwrap_or(&dummy.buffer);
-                let (one, tiled) = p.matmul(m.dtype);
-                ops.push(Op {
-                    name,
-                    pipeline: one.clone(),
-                    tiled: Some(tiled.clone()),
-                    bind: gpu.bind_group(one, "matmul", &[step, &dims, buf, xin, y, b]),
-                    grid: Grid::Rows(*rows as u32),
-                });
-            }
-        };
 
-        // embedding lookup, one op per part
         for (buf, r0, rows) in &model.embed.parts {
             let m = &model.embed;
-            let row_words = (m.dtype.gpu_row_bytes(m.cols) / 4) as u32;
-            let dims = uni(
+            let dims = b.uniform(
                 "embed_dims",
-                &[c.dim as u32, *r0 as u32, *rows as u32, row_words],
+                &[
+                    dim as u32,
+                    *r0 as u32,
+                    *rows as u32,
+                    m.dtype.gpu_group_vec4s(m.cols) as u32,
+                ],
             );
-            body.push(Op {
-                name: "embed",
-                pipeline: p.embed(m.dtype).clone(),
-                tiled: None,
-                bind: gpu.bind_group(p.embed(m.dtype), "embed", &[&step, &dims, buf, &tokens, &x]),
-                grid: Grid::PerToken,
-            });
+            body.push(b.op(
+                "embed",
+                Kernel::Embed,
+                &[("WTYPE", wtype(m.dtype))],
+                &[
+                    Bind::Whole(&step),
+                    Bind::Whole(&dims),
+                    Bind::Whole(buf),
+                    Bind::Whole(&tokens),
+                    Bind::Whole(&x),
+                ],
+                Grid::PerToken,
+            ));
         }
-        let norm_dims = uni("norm_dims", &[c.dim as u32, c.norm_eps.to_bits(), 0, 0]);
-        let norm_last_dims = uni(
-            "norm_last_dims",
-            &[c.dim as u32, c.norm_eps.to_bits(), 1, 0],
+        let norm_dims = b.uniform("norm_dims", &[dim as u32, c.norm_eps.to_bits(), 0, 0]);
+        let norm_last_dims = b.uniform("norm_last_dims", &[dim as u32, c.norm_eps.to_bits(), 1, 0]);
+        let scratch = slots as u32;
+        let rope_dims = b.uniform(
+            "rope_dims",
+            &[
+                c.n_heads as u32,
+                c.n_kv_heads as u32,
+                c.head_dim as u32,
+                (c.rope_layout == RopeLayout::Half) as u32,
+                qkv_stride as u32,
+                scratch,
+                0,
+                0,
+            ],
         );
-        let attn_dims = uni(
+        let attn_dims = b.uniform(
             "attention_dims",
             &[
                 c.n_heads as u32,
@@ -364,187 +636,244 @@ impl Session {
                 c.head_dim as u32,
                 rule.sinks as u32,
                 rule.window as u32,
-                (c.rope_layout == RopeLayout::Half) as u32,
+                scratch,
+                slots as u32,
                 (1.0 / (c.head_dim as f32).sqrt()).to_bits(),
-                0,
             ],
         );
-        let kv_dims = uni(
+        let kv_dims = b.uniform(
             "kv_write_dims",
-            &[kvd as u32, rule.sinks as u32, rule.window as u32, 0],
+            &[kvd as u32, rule.sinks as u32, rule.window as u32, scratch],
         );
-        let silu_dims = uni("silu_dims", &[ffn as u32, 0, 0, 0]);
+        let silu_dims = b.uniform("silu_dims", &[ffn as u32, 0, 0, 0]);
+        let rk = 4.min(32 / group);
+        let scores_consts = |tq: u32| [("G", group), ("RK", rk), ("TQ", tq)];
+        let wg_out = ((c.head_dim / 4).div_ceil(8) * 8) as u32;
+        let cache_rows = (slots + max_batch) as u64;
 
         for (li, l) in model.layers.iter().enumerate() {
-            let kc = gpu.storage(&format!("k_cache_{li}"), slots * kvd * f)?;
-            let vc = gpu.storage(&format!("v_cache_{li}"), slots * kvd * f)?;
-            let norm = |g: &GpuBuffer, y: &wgpu::Buffer| Op {
-                name: "rmsnorm",
-                pipeline: p.rmsnorm.clone(),
-                tiled: None,
-                bind: gpu.bind_group(&p.rmsnorm, "rmsnorm", &[&step, &norm_dims, &x, g, y]),
-                grid: Grid::PerToken,
+            let kc = gpu.storage(&format!("k_cache_{li}"), cache_rows * kvd as u64 * f)?;
+            let vc = gpu.storage(&format!("v_cache_{li}"), cache_rows * kvd as u64 * f)?;
+            let norm = |b: &Builder, g: &GpuBuffer, y: &GpuBuffer| {
+                b.op(
+                    "rmsnorm",
+                    Kernel::RmsNorm,
+                    &[],
+                    &[
+                        Bind::Whole(&step),
+                        Bind::Whole(&norm_dims),
+                        Bind::Whole(&x),
+                        Bind::Whole(g),
+                        Bind::Whole(y),
+                    ],
+                    Grid::PerToken,
+                )
             };
-            body.push(norm(&l.attn_norm, &xn));
-            if [(&l.bq, &l.wq), (&l.bk, &l.wk), (&l.bv, &l.wv)]
-                .iter()
-                .any(|(b, m)| b.is_some() && m.part_count() > 1)
-            {
-                return Err(Error::gpu(
-                    "biased projections larger than one storage binding are not supported",
-                ));
+            body.push(norm(&b, &l.attn_norm, &xn));
+            for p in &l.qkv {
+                b.matmul(
+                    &mut body,
+                    "matmul qkv",
+                    &step,
+                    &p.m,
+                    &xn,
+                    &qkv,
+                    (qkv_stride, p.offset),
+                    p.bias.as_ref(),
+                    false,
+                    false,
+                );
             }
-            matmul(
-                "matmul q",
-                &mut body,
-                &mut uni,
-                &step,
-                &l.wq,
-                &xn,
-                &q,
-                l.bq.as_ref(),
-                false,
+            body.push(b.op(
+                "rope",
+                Kernel::Rope,
+                &[],
+                &[
+                    Bind::Whole(&step),
+                    Bind::Whole(&rope_dims),
+                    Bind::Whole(&qkv),
+                    Bind::Whole(&rot),
+                    Bind::Whole(&qr),
+                    Bind::Whole(&kc),
+                    Bind::Whole(&vc),
+                ],
+                Grid::PerToken,
+            ));
+            let scores_res = [
+                Bind::Whole(&step),
+                Bind::Whole(&attn_dims),
+                Bind::Window(&qr, UNIFORM_WINDOW),
+                Bind::Whole(&kc),
+                Bind::Whole(&sc),
+                Bind::Window(&tile, 16),
+            ];
+            let mut op = b.op(
+                "attention scores",
+                Kernel::AttnScores,
+                &scores_consts(1),
+                &scores_res,
+                Grid::Scores {
+                    kv_heads: c.n_kv_heads as u32,
+                    tq: tq as u32,
+                    q_floats: 2 * qd as u32,
+                    keys_per_workgroup: 64 * rk,
+                },
             );
-            matmul(
-                "matmul k",
+            op.multi = Some(gpu.pipeline(Kernel::AttnScores, &scores_consts(tq as u32)));
+            body.push(op);
+            body.push(b.op(
+                "attention out",
+                Kernel::AttnOut,
+                &[("G", group), ("WG", wg_out)],
+                &[
+                    Bind::Whole(&step),
+                    Bind::Whole(&attn_dims),
+                    Bind::Whole(&sc),
+                    Bind::Whole(&vc),
+                    Bind::Whole(&att),
+                ],
+                Grid::PerHead(c.n_kv_heads as u32),
+            ));
+            body.push(b.op(
+                "kv_write",
+                Kernel::KvWrite,
+                &[],
+                &[
+                    Bind::Whole(&step),
+                    Bind::Whole(&kv_dims),
+                    Bind::Whole(&kc),
+                    Bind::Whole(&vc),
+                ],
+                Grid::PerToken,
+            ));
+            b.matmul(
                 &mut body,
-                &mut uni,
+                "matmul o",
                 &step,
-                &l.wk,
-                &xn,
-                &kb,
-                l.bk.as_ref(),
-                false,
-            );
-            matmul(
-                "matmul v",
-                &mut body,
-                &mut uni,
-                &step,
-                &l.wv,
-                &xn,
-                &vb,
-                l.bv.as_ref(),
-                false,
-            );
-            body.push(Op {
-                name: "attention",
-                pipeline: p.attention.clone(),
-                tiled: None,
-                bind: gpu.bind_group(
-                    &p.attention,
-                    "attention",
-                    &[&step, &attn_dims, &q, &kb, &vb, &kc, &vc, &rope, &att],
-                ),
-                grid: Grid::Heads(c.n_heads as u32),
-            });
-            body.push(Op {
-                name: "kv_write",
-                pipeline: p.kv_write.clone(),
-                tiled: None,
-                bind: gpu.bind_group(
-                    &p.kv_write,
-                    "kv_write",
-                    &[&step, &kv_dims, &kb, &vb, &kc, &vc],
-                ),
-                grid: Grid::PerToken,
-            });
-            matmul(
-                "matmul o", &mut body, &mut uni, &step, &l.wo, &att, &x, None, true,
-            );
-            body.push(norm(&l.ffn_norm, &xn));
-            matmul(
-                "matmul gate",
-                &mut body,
-                &mut uni,
-                &step,
-                &l.gate,
-                &xn,
-                &gate,
-                None,
-                false,
-            );
-            matmul(
-                "matmul up",
-                &mut body,
-                &mut uni,
-                &step,
-                &l.up,
-                &xn,
-                &up,
-                None,
-                false,
-            );
-            body.push(Op {
-                name: "silu_mul",
-                pipeline: p.silu_mul.clone(),
-                tiled: None,
-                bind: gpu.bind_group(&p.silu_mul, "silu_mul", &[&step, &silu_dims, &gate, &up]),
-                grid: Grid::Elements(ffn as u32),
-            });
-            matmul(
-                "matmul down",
-                &mut body,
-                &mut uni,
-                &step,
-                &l.down,
-                &gate,
+                &l.wo,
+                &att,
                 &x,
+                (dim, 0),
                 None,
                 true,
+                false,
+            );
+            body.push(norm(&b, &l.ffn_norm, &xn));
+            match &l.up {
+                FfnUp::Fused(m) => b.matmul(
+                    &mut body,
+                    "matmul gate+up",
+                    &step,
+                    m,
+                    &xn,
+                    &act,
+                    (ffn, 0),
+                    None,
+                    false,
+                    true,
+                ),
+                FfnUp::Split(gate, up) => {
+                    let gu = gate_up
+                        .as_ref()
+                        .ok_or_else(|| Error::gpu("gate/up buffer"))?;
+                    for (m, off) in [(gate, 0), (up, ffn)] {
+                        b.matmul(
+                            &mut body,
+                            "matmul gate+up",
+                            &step,
+                            m,
+                            &xn,
+                            gu,
+                            (2 * ffn, off),
+                            None,
+                            false,
+                            false,
+                        );
+                    }
+                    body.push(b.op(
+                        "silu_mul",
+                        Kernel::SiluMul,
+                        &[],
+                        &[
+                            Bind::Whole(&step),
+                            Bind::Whole(&silu_dims),
+                            Bind::Whole(gu),
+                            Bind::Whole(&act),
+                        ],
+                        Grid::Elements(ffn as u32),
+                    ));
+                }
+            }
+            b.matmul(
+                &mut body,
+                "matmul down",
+                &step,
+                &l.down,
+                &act,
+                &x,
+                (dim, 0),
+                None,
+                true,
+                false,
             );
             caches.push(kc);
             caches.push(vc);
         }
 
-        let mut head_all = vec![Op {
-            name: "rmsnorm",
-            pipeline: p.rmsnorm.clone(),
-            tiled: None,
-            bind: gpu.bind_group(
-                &p.rmsnorm,
-                "final_norm",
-                &[&step, &norm_dims, &x, &model.final_norm, &xn],
-            ),
-            grid: Grid::PerToken,
-        }];
-        matmul(
-            "lm head",
+        let mut head_all = vec![b.op(
+            "rmsnorm",
+            Kernel::RmsNorm,
+            &[],
+            &[
+                Bind::Whole(&step),
+                Bind::Whole(&norm_dims),
+                Bind::Whole(&x),
+                Bind::Whole(&model.final_norm),
+                Bind::Whole(&xn),
+            ],
+            Grid::PerToken,
+        )];
+        b.matmul(
             &mut head_all,
-            &mut uni,
+            "lm head",
             &step,
             model.head(),
             &xn,
             &logits,
+            (vocab, 0),
             None,
             false,
+            false,
         );
-        let mut head_last = vec![Op {
-            name: "rmsnorm",
-            pipeline: p.rmsnorm.clone(),
-            tiled: None,
-            bind: gpu.bind_group(
-                &p.rmsnorm,
-                "final_norm_last",
-                &[&step, &norm_last_dims, &x, &model.final_norm, &xlast],
-            ),
-            grid: Grid::One,
-        }];
-        matmul(
-            "lm head",
+        let mut head_last = vec![b.op(
+            "rmsnorm",
+            Kernel::RmsNorm,
+            &[],
+            &[
+                Bind::Whole(&step),
+                Bind::Whole(&norm_last_dims),
+                Bind::Whole(&x),
+                Bind::Whole(&model.final_norm),
+                Bind::Whole(&xlast),
+            ],
+            Grid::One,
+        )];
+        b.matmul(
             &mut head_last,
-            &mut uni,
+            "lm head",
             &step_one,
             model.head(),
             &xlast,
             &logits,
+            (vocab, 0),
             None,
+            false,
             false,
         );
 
-        keep.extend([
-            x, xn, xlast, q, kb, vb, att, gate, up, dummy, rope, step_one,
-        ]);
+        let mut keep = b.keep;
+        keep.extend([x, xn, xlast, qkv, qr, sc, att, act, dummy, step_one, tile]);
+        keep.extend(gate_up);
         keep.extend(caches);
         Ok(Session {
             model,
@@ -555,6 +884,7 @@ impl Session {
             history: Default::default(),
             step,
             tokens,
+            rot,
             logits,
             readback,
             body,
@@ -585,6 +915,14 @@ impl Session {
     /// Tokens streamed through the cache so far.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Benchmarks only: moves the stream to token `n` without computing the tokens before it.
+    /// The cache then holds stale values, but every kernel does exactly the work it would do at
+    /// that point of a real stream (it depends only on the cache's geometry), so per-token
+    /// timings deep into a stream can be taken on slow devices.
+    pub fn fast_forward(&mut self, n: u64) {
+        self.count = self.count.max(n);
     }
 
     /// Forgets the stream; the cache's memory stays allocated.
@@ -674,7 +1012,8 @@ impl Session {
         pollster::block_on(self.feed(tokens, which))
     }
 
-    /// Writes the block's uniform (its place in the stream) and its token ids.
+    /// Writes what a block needs besides its ops: its place in the stream (the step uniform),
+    /// its token ids, and each token's RoPE rotations, computed here in f64 (rope.wgsl).
     fn write_step(&self, tokens: &[u32]) {
         let gpu = &self.model.gpu;
         let (s, w) = (self.rule.sinks as u64, self.rule.window as u64);
@@ -689,12 +1028,34 @@ impl Session {
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&st));
         gpu.queue
             .write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        let freqs = &self.model.config.rope_freqs;
+        let mut rot = Vec::with_capacity(tokens.len() * freqs.len() * 4);
+        for i in 0..tokens.len() as u64 {
+            let n = n0 + i;
+            // the stream index (ring keys and the queries' ring rotation) and the cache position
+            let position = self.rule.attended_len(n) as u64 - 1;
+            for p in [n, position] {
+                for fr in freqs {
+                    let a = p as f64 * fr;
+                    rot.push(a.cos() as f32);
+                    rot.push(a.sin() as f32);
+                }
+            }
+        }
+        gpu.queue
+            .write_buffer(&self.rot, 0, bytemuck::cast_slice(&rot));
+    }
+
+    /// Keys the last query of a block of `t` tokens attends to.
+    fn block_keys(&self, t: usize) -> u32 {
+        self.rule.attended_len(self.count + t as u64 - 1) as u32
     }
 
     async fn block(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
         let gpu = self.model.gpu.clone();
         let t = tokens.len() as u32;
         self.write_step(tokens);
+        let keys = self.block_keys(tokens.len());
         let head = match which {
             Logits::All => &self.head_all[..],
             Logits::Last => &self.head_last[..],
@@ -710,15 +1071,13 @@ impl Session {
                 label: Some("forward"),
                 timestamp_writes: None,
             });
-            for op in self.body.iter().chain(head) {
-                let (x, y, z) = op.grid.dims(t);
-                match (&op.tiled, t > 1) {
-                    (Some(tiled), true) => pass.set_pipeline(tiled),
-                    _ => pass.set_pipeline(&op.pipeline),
-                }
-                pass.set_bind_group(0, &op.bind, &[]);
-                pass.dispatch_workgroups(x, y, z);
-                self.dispatches += 1;
+            for op in &self.body {
+                self.dispatches += op.encode(&mut pass, t, keys);
+            }
+            // the last-token head runs on one token whatever the block's length
+            let head_t = if which == Logits::Last { 1 } else { t };
+            for op in head {
+                self.dispatches += op.encode(&mut pass, head_t, keys);
             }
         }
         let vocab = self.model.config.vocab as u64;
@@ -750,8 +1109,8 @@ pub struct OpTime {
 }
 
 impl Session {
-    /// Runs one block like `feed` with `Logits::Last`, but with every dispatch in its own compute
-    /// pass bracketed by GPU timestamps; returns the time per kind of dispatch, largest first.
+    /// Runs one block like `feed` with `Logits::Last`, but with every op in its own compute
+    /// pass bracketed by GPU timestamps; returns the time per kind of op, largest first.
     /// Needs the adapter's TIMESTAMP_QUERY feature (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_block(&mut self, tokens: &[u32]) -> Result<Vec<OpTime>> {
@@ -794,12 +1153,14 @@ impl Session {
             mapped_at_creation: false,
         });
         self.write_step(tokens);
+        let keys = self.block_keys(tokens.len());
         let t = tokens.len() as u32;
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("profile"),
             });
+        let mut counts = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(op.name),
@@ -809,13 +1170,8 @@ impl Session {
                     end_of_pass_write_index: Some(2 * i as u32 + 1),
                 }),
             });
-            let (x, y, z) = op.grid.dims(t);
-            match (&op.tiled, t > 1) {
-                (Some(tiled), true) => pass.set_pipeline(tiled),
-                _ => pass.set_pipeline(&op.pipeline),
-            }
-            pass.set_bind_group(0, &op.bind, &[]);
-            pass.dispatch_workgroups(x, y, z);
+            let op_t = if i >= self.body.len() { 1 } else { t };
+            counts.push(op.encode(&mut pass, op_t, keys));
         }
         enc.resolve_query_set(&set, 0..n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
@@ -829,12 +1185,12 @@ impl Session {
             let dt = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period;
             match out.iter_mut().find(|o| o.name == op.name) {
                 Some(o) => {
-                    o.dispatches += 1;
+                    o.dispatches += counts[i] as u32;
                     o.seconds += dt;
                 }
                 None => out.push(OpTime {
                     name: op.name,
-                    dispatches: 1,
+                    dispatches: counts[i] as u32,
                     seconds: dt,
                 }),
             }
@@ -846,12 +1202,7 @@ impl Session {
 
 /// Maps `size` bytes of a MAP_READ buffer and copies them out as f32.
 async fn read_buffer(gpu: &Gpu, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<f32>> {
-    let slot: Arc<
-        Mutex<(
-            Option<std::result::Result<(), wgpu::BufferAsyncError>>,
-            Option<Waker>,
-        )>,
-    > = Arc::new(Mutex::new((None, None)));
+    let slot: MapSlot = Arc::new(Mutex::new((None, None)));
     let s2 = slot.clone();
     buffer.map_async(wgpu::MapMode::Read, 0..size, move |r| {
         let mut g = s2.lock().unwrap_or_else(|e| e.into_inner());

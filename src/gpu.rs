@@ -1,21 +1,25 @@
 //! The GPU context: adapter and device creation (the only place that knows the platform), the
 //! compute pipelines built from shaders/*.wgsl, and buffer creation with memory accounting.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-const DEQUANT: &str = include_str!("../shaders/dequant.wgsl");
+const WEIGHTS: &str = include_str!("../shaders/weights.wgsl");
+const KEYS: &str = include_str!("../shaders/keys.wgsl");
 const MATMUL: &str = include_str!("../shaders/matmul.wgsl");
 const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
 const SILU_MUL: &str = include_str!("../shaders/silu_mul.wgsl");
+const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const KV_WRITE: &str = include_str!("../shaders/kv_write.wgsl");
-const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+const ATTN_SCORES: &str = include_str!("../shaders/attn_scores.wgsl");
+const ATTN_OUT: &str = include_str!("../shaders/attn_out.wgsl");
 
-/// The WTYPE override constant dequant.wgsl switches on.
+/// The WTYPE override constant weights.wgsl switches on.
 pub fn wtype(d: DType) -> u32 {
     match d {
         DType::F32 => 0,
@@ -26,34 +30,80 @@ pub fn wtype(d: DType) -> u32 {
     }
 }
 
-const DTYPES: [DType; 5] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_1,
-];
+/// The size of the window a kernel reads through a uniform buffer (X of a matmul tile, the
+/// queries of an attention tile): WebGPU's guaranteed maximum uniform binding.
+pub const UNIFORM_WINDOW: u64 = 65536;
 
-/// Tokens per matmul invocation in the prefill variant (the decode variant takes 1).
-pub const MATMUL_TILE: u32 = 8;
-
-pub struct Pipelines {
-    /// Per weight type: (decode variant TT=1, prefill variant TT=MATMUL_TILE), same bind layout.
-    pub matmul: Vec<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
-    pub embed: Vec<wgpu::ComputePipeline>,
-    pub rmsnorm: wgpu::ComputePipeline,
-    pub silu_mul: wgpu::ComputePipeline,
-    pub kv_write: wgpu::ComputePipeline,
-    pub attention: wgpu::ComputePipeline,
+/// The compute kernels, one per file in shaders/.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Kernel {
+    Matmul,
+    Embed,
+    RmsNorm,
+    SiluMul,
+    Rope,
+    KvWrite,
+    AttnScores,
+    AttnOut,
 }
 
-impl Pipelines {
-    pub fn matmul(&self, d: DType) -> &(wgpu::ComputePipeline, wgpu::ComputePipeline) {
-        &self.matmul[wtype(d) as usize]
+/// How a kernel binds one resource.
+#[derive(Clone, Copy)]
+enum Slot {
+    Uniform,
+    /// A uniform buffer bound with a dynamic offset (a tile's window).
+    UniformDyn,
+    Read,
+    ReadWrite,
+}
+
+impl Kernel {
+    fn source(self) -> String {
+        match self {
+            Kernel::Matmul => format!("{MATMUL}\n{WEIGHTS}"),
+            Kernel::Embed => format!("{EMBED}\n{WEIGHTS}"),
+            Kernel::RmsNorm => RMSNORM.into(),
+            Kernel::SiluMul => SILU_MUL.into(),
+            Kernel::Rope => ROPE.into(),
+            Kernel::KvWrite => KV_WRITE.into(),
+            Kernel::AttnScores => format!("{ATTN_SCORES}\n{KEYS}"),
+            Kernel::AttnOut => format!("{ATTN_OUT}\n{KEYS}"),
+        }
     }
-    pub fn embed(&self, d: DType) -> &wgpu::ComputePipeline {
-        &self.embed[wtype(d) as usize]
+
+    fn slots(self) -> &'static [Slot] {
+        use Slot::*;
+        match self {
+            Kernel::Matmul => &[
+                Uniform, Uniform, Read, UniformDyn, ReadWrite, Read, UniformDyn,
+            ],
+            Kernel::Embed => &[Uniform, Uniform, Read, Read, ReadWrite],
+            Kernel::RmsNorm => &[Uniform, Uniform, Read, Read, ReadWrite],
+            Kernel::SiluMul => &[Uniform, Uniform, ReadWrite, Read],
+            Kernel::Rope => &[
+                Uniform, Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite,
+            ],
+            Kernel::KvWrite => &[Uniform, Uniform, ReadWrite, ReadWrite],
+            Kernel::AttnScores => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
+            Kernel::AttnOut => &[Uniform, Uniform, Read, Read, ReadWrite],
+        }
     }
+}
+
+/// A kernel and its override constants.
+type PipelineKey = (Kernel, Vec<(&'static str, u32)>);
+
+/// A built pipeline and the layout its bind groups use.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    kernel: Kernel,
+}
+
+/// One resource of a bind group: a whole buffer, or a window of one (dynamic uniform slots).
+pub enum Bind<'a> {
+    Whole(&'a wgpu::Buffer),
+    Window(&'a wgpu::Buffer, u64),
 }
 
 /// Device, queue and pipelines, shared by every model and session on this GPU.
@@ -63,9 +113,12 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
-    pub pipelines: Pipelines,
+    modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     allocated: Arc<AtomicU64>,
     buffers: Arc<AtomicU64>,
+    /// Buffers, bind groups and pipelines created so far (benchmarks check none are per token).
+    created: AtomicU64,
 }
 
 /// A storage buffer that tells the accounting when it goes away.
@@ -119,6 +172,12 @@ impl Gpu {
         limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
         limits.max_buffer_size = al.max_buffer_size;
         limits.max_uniform_buffer_binding_size = al.max_uniform_buffer_binding_size;
+        if limits.max_uniform_buffer_binding_size < UNIFORM_WINDOW {
+            return Err(Error::gpu(format!(
+                "adapter {} allows uniform buffers of only {} bytes; sinkstream needs {UNIFORM_WINDOW} (max_uniform_buffer_binding_size)",
+                info.name, limits.max_uniform_buffer_binding_size
+            )));
+        }
         limits.max_storage_buffers_per_shader_stage =
             al.max_storage_buffers_per_shader_stage.min(10);
         limits.max_compute_workgroup_storage_size =
@@ -147,16 +206,17 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::gpu(format!("could not open the device on {}: {e}", info.name)))?;
-        let pipelines = Pipelines::new(&device)?;
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
             features,
-            pipelines,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(AtomicU64::new(0)),
             buffers: Arc::new(AtomicU64::new(0)),
+            created: AtomicU64::new(0),
         })
     }
 
@@ -174,7 +234,13 @@ impl Gpu {
         self.buffers.load(Ordering::Relaxed)
     }
 
+    /// GPU objects (buffers, bind groups, pipelines) created through this context so far.
+    pub fn objects_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
     fn track(&self, buffer: wgpu::Buffer) -> GpuBuffer {
+        self.created.fetch_add(1, Ordering::Relaxed);
         let size = buffer.size();
         self.allocated.fetch_add(size, Ordering::Relaxed);
         self.buffers.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +278,23 @@ impl Gpu {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        Ok(self.track(buffer))
+    }
+
+    /// A zeroed buffer of `size` bytes that kernels also read through uniform windows of
+    /// `UNIFORM_WINDOW` bytes at any offset inside it (so it carries that much slack).
+    pub fn windowed(&self, label: &str, size: u64) -> Result<GpuBuffer> {
+        let size = size.div_ceil(4) * 4 + UNIFORM_WINDOW;
+        self.check_binding(label, size)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
@@ -261,28 +344,6 @@ impl Gpu {
             .min(self.limits.max_buffer_size)
     }
 
-    pub fn bind_group(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        label: &str,
-        buffers: &[&wgpu::Buffer],
-    ) -> wgpu::BindGroup {
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &layout,
-            entries: &entries,
-        })
-    }
-
     /// A one-line description of the adapter.
     pub fn describe(&self) -> String {
         format!(
@@ -292,92 +353,109 @@ impl Gpu {
     }
 }
 
-impl Pipelines {
-    fn new(device: &wgpu::Device) -> Result<Pipelines> {
-        let module = |label: &str, src: String| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
+impl Gpu {
+    /// The pipeline of `kernel` with these override constants, built on first use (drivers
+    /// compile at creation, so building only what a model needs keeps start-up short).
+    pub fn pipeline(&self, kernel: Kernel, constants: &[(&'static str, u32)]) -> Arc<Pipeline> {
+        let key = (kernel, constants.to_vec());
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let module = modules.entry(kernel).or_insert_with(|| {
+            self.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&format!("{kernel:?}")),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                })
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .slots()
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let (ty, dynamic) = match slot {
+                    Slot::Uniform => (wgpu::BufferBindingType::Uniform, false),
+                    Slot::UniformDyn => (wgpu::BufferBindingType::Uniform, true),
+                    Slot::Read => (wgpu::BufferBindingType::Storage { read_only: true }, false),
+                    Slot::ReadWrite => {
+                        (wgpu::BufferBindingType::Storage { read_only: false }, false)
+                    }
+                };
+                wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty,
+                        has_dynamic_offset: dynamic,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }
             })
-        };
-        let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        let ro = wgpu::BufferBindingType::Storage { read_only: true };
-        let rw = wgpu::BufferBindingType::Storage { read_only: false };
-        let un = wgpu::BufferBindingType::Uniform;
-        // An explicit layout so that both matmul variants accept the same bind groups.
-        let matmul_bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("matmul"),
-            entries: &[
-                entry(0, un),
-                entry(1, un),
-                entry(2, ro),
-                entry(3, ro),
-                entry(4, rw),
-                entry(5, ro),
-            ],
-        });
-        let matmul_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("matmul"),
-            bind_group_layouts: &[Some(&matmul_bgl)],
-            immediate_size: 0,
-        });
-        let pipeline_with = |label: &str,
-                             layout: Option<&wgpu::PipelineLayout>,
-                             m: &wgpu::ShaderModule,
-                             constants: &[(&str, f64)]| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(label),
-                layout,
-                module: m,
+            .collect();
+        let label = format!("{kernel:?}");
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let constants: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pl),
+                module,
                 entry_point: Some("main"),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
+                    constants: &constants,
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
-            })
-        };
-        let pipeline = |label: &str, m: &wgpu::ShaderModule, constants: &[(&str, f64)]| {
-            pipeline_with(label, None, m, constants)
-        };
-        let matmul_m = module("matmul", format!("{MATMUL}\n{DEQUANT}"));
-        let embed_m = module("embed", format!("{EMBED}\n{DEQUANT}"));
-        let per_type = |m: &wgpu::ShaderModule, label: &str| {
-            DTYPES
-                .iter()
-                .map(|&d| pipeline(label, m, &[("WTYPE", wtype(d) as f64)]))
-                .collect::<Vec<_>>()
-        };
-        let matmul = DTYPES
+            });
+        self.created.fetch_add(1, Ordering::Relaxed);
+        let p = Arc::new(Pipeline {
+            pipeline,
+            layout,
+            kernel,
+        });
+        cache.insert(key, p.clone());
+        p
+    }
+
+    /// A bind group for `p`: resources in binding order; dynamic uniform slots take a window.
+    pub fn bind(&self, p: &Pipeline, label: &str, resources: &[Bind]) -> wgpu::BindGroup {
+        debug_assert_eq!(resources.len(), p.kernel.slots().len());
+        self.created.fetch_add(1, Ordering::Relaxed);
+        let entries: Vec<wgpu::BindGroupEntry> = resources
             .iter()
-            .map(|&d| {
-                let v = |tt: u32| {
-                    pipeline_with(
-                        "matmul",
-                        Some(&matmul_layout),
-                        &matmul_m,
-                        &[("WTYPE", wtype(d) as f64), ("TT", tt as f64)],
-                    )
-                };
-                (v(1), v(MATMUL_TILE))
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: match r {
+                    Bind::Whole(b) => b.as_entire_binding(),
+                    Bind::Window(b, size) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(*size),
+                    }),
+                },
             })
             .collect();
-        Ok(Pipelines {
-            matmul,
-            embed: per_type(&embed_m, "embed"),
-            rmsnorm: pipeline("rmsnorm", &module("rmsnorm", RMSNORM.into()), &[]),
-            silu_mul: pipeline("silu_mul", &module("silu_mul", SILU_MUL.into()), &[]),
-            kv_write: pipeline("kv_write", &module("kv_write", KV_WRITE.into()), &[]),
-            attention: pipeline("attention", &module("attention", ATTENTION.into()), &[]),
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &p.layout,
+            entries: &entries,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! sinkstream: Llama-family language models on WebGPU (wgpu), streaming without end in constant
 //! memory through an attention-sink + ring KV cache (StreamingLLM).
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod cpu;

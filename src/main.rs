@@ -49,6 +49,9 @@ enum Command {
     Compare(CompareArgs),
     /// Describe the GPU adapter (and, with --model, the model).
     Info(InfoArgs),
+    /// Measure speed and memory: prefill, decode, per-token latency deep into a stream, recompute
+    /// against the sink cache, dispatches and allocations per token (docs/performance.md).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -320,6 +323,53 @@ struct CompareArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Prompt length of the prefill measurement
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Greedy tokens of the decode measurement
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    decode_tokens: usize,
+    /// Stream positions at which the per-token latency of the sink cache is measured
+    #[arg(
+        long,
+        value_name = "N,N,..",
+        default_value = "1000,10000,100000",
+        value_delimiter = ','
+    )]
+    positions: Vec<u64>,
+    /// Decode steps timed at each position (median and p95 are reported)
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    latency_tokens: usize,
+    /// Reach each position without computing the tokens before it. The per-token work depends
+    /// only on the cache's size, so the timing is the same; use it where streaming 100,000
+    /// tokens first would take too long (software GPUs). Reported as "fast-forward"
+    #[arg(long)]
+    fast_forward: bool,
+    /// Tokens timed under recompute with a window of S+W (each re-runs the model over S+W
+    /// tokens); 0 = skip
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    recompute_tokens: usize,
+    /// Attention sinks of the sink cache
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    sinks: usize,
+    /// Ring of the sink cache
+    #[arg(long, value_name = "W", default_value_t = 1020)]
+    window: usize,
+    /// Tokens per GPU block when prefilling and streaming
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch: usize,
+    /// Also time each kind of kernel in one decode step and one prefill block (GPU timestamps)
+    #[arg(long)]
+    profile: bool,
+    /// Print one JSON object instead of the text report
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     /// Also describe this GGUF model file
     #[arg(long, value_name = "FILE")]
@@ -334,6 +384,7 @@ fn main() -> ExitCode {
         Command::Ppl(a) => ppl(a),
         Command::Compare(a) => compare(a),
         Command::Info(a) => info(a),
+        Command::Bench(a) => bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -1064,6 +1115,35 @@ fn compare(a: CompareArgs) -> Result<()> {
             smooth_window(a.smooth, n - 1),
             a.log_y,
         )?;
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.prompt_tokens == 0 || a.decode_tokens == 0 || a.latency_tokens == 0 {
+        bail!("--prompt-tokens, --decode-tokens and --latency-tokens must be at least 1");
+    }
+    if a.window == 0 || a.batch == 0 || a.batch > 4096 {
+        bail!("--window must be at least 1 and --batch between 1 and 4096");
+    }
+    let m = load(&a.model)?;
+    let o = sinkstream::bench::BenchOptions {
+        prompt_tokens: a.prompt_tokens,
+        decode_tokens: a.decode_tokens,
+        positions: a.positions,
+        latency_tokens: a.latency_tokens,
+        sinks: a.sinks,
+        window: a.window,
+        batch: a.batch,
+        fast_forward: a.fast_forward,
+        recompute_tokens: a.recompute_tokens,
+        profile: a.profile,
+    };
+    let r = sinkstream::bench::run(&m.gpu_model, &o, &mut |line| eprintln!("bench: {line}"))?;
+    if a.json {
+        println!("{}", r.to_json());
+    } else {
+        print!("{}", r.to_text());
     }
     Ok(())
 }

@@ -5,8 +5,11 @@ use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
-/// Rows are interleaved in groups of this many on the GPU (one workgroup's worth).
-pub const GPU_INTERLEAVE: usize = 64;
+/// Rows are stored on the GPU in groups of this many, interleaved vec4 by vec4, so that the
+/// invocations of one SIMD group (one row each) read consecutive memory (shaders/matmul.wgsl).
+pub const GPU_GROUP: usize = 8;
+/// Weights per unit: a quantisation block, or 32 plain floats.
+pub const GPU_UNIT: usize = 32;
 
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,15 +41,36 @@ impl DType {
         }
     }
 
-    /// Bytes of one row of `cols` weights in the GPU layout (Q8_0 blocks padded to 36 bytes so
-    /// every block starts on a 4-byte word; half types padded to a whole word).
-    pub fn gpu_row_bytes(self, cols: usize) -> usize {
+    /// vec4<u32> words per unit of 32 weights of one row in the GPU layout (the weights
+    /// themselves; a quantised unit's scale lives in a separate word, see `gpu_scale_words`).
+    pub fn gpu_payload_vec4s(self) -> usize {
         match self {
-            DType::F32 => cols * 4,
-            DType::F16 | DType::BF16 => cols.div_ceil(2) * 4,
-            DType::Q8_0 => cols / 32 * 36,
-            DType::Q4_1 => cols / 32 * 20,
+            DType::F32 => 8,
+            DType::F16 | DType::BF16 => 4,
+            DType::Q8_0 => 2,
+            DType::Q4_1 => 1,
         }
+    }
+
+    /// Whether units carry a 32-bit scale word (Q8_0: f16 d; Q4_1: f16 d | f16 m << 16).
+    pub fn gpu_has_scales(self) -> bool {
+        matches!(self, DType::Q8_0 | DType::Q4_1)
+    }
+
+    /// Bytes per row in the GPU layout (a group's bytes over its rows).
+    pub fn gpu_row_bytes(self, cols: usize) -> usize {
+        self.gpu_group_vec4s(cols) * 16 / GPU_GROUP
+    }
+
+    /// vec4<u32> words of one group of `GPU_GROUP` rows of `cols` weights (cols % 32 == 0).
+    pub fn gpu_group_vec4s(self, cols: usize) -> usize {
+        let units = cols / GPU_UNIT;
+        let scales = if self.gpu_has_scales() {
+            units.div_ceil(4)
+        } else {
+            0
+        };
+        (units * self.gpu_payload_vec4s() + scales) * GPU_GROUP
     }
 }
 
@@ -93,48 +117,72 @@ impl HostTensor {
         out
     }
 
-    /// Rows [r0, r1) in the GPU layout: each row in its GPU row format (`gpu_row_bytes`), and
-    /// rows interleaved word by word in groups of `GPU_INTERLEAVE` (dequant.wgsl explains why);
-    /// the last group is padded with zero rows.
+    /// Rows [r0, r1) in the GPU layout that shaders/matmul.wgsl and embed.wgsl read. Rows come in
+    /// groups of `GPU_GROUP` (the last padded with zero rows); within a group, unit u (32 weights)
+    /// of row r takes `P = gpu_payload_vec4s` vec4<u32> at vec4 index `(u * P + p) * 8 + r % 8`
+    /// (the unit's bytes as in the file, without its scale), and for quantised types the units'
+    /// scale words follow: unit u of row r at vec4 `units * P * 8 + (u / 4) * 8 + r % 8`,
+    /// component `u % 4`. So the 8 rows of a group read one unit as 8 consecutive vec4s.
+    /// `cols` must be a multiple of 32 (`check_gpu_shape`).
     pub fn gpu_bytes(&self, r0: usize, r1: usize) -> Vec<u8> {
-        let rows = self.gpu_rows(r0, r1);
-        let words = self.dtype.gpu_row_bytes(self.cols) / 4;
-        let groups = (r1 - r0).div_ceil(GPU_INTERLEAVE);
-        let mut out = vec![0u8; groups * GPU_INTERLEAVE * words * 4];
-        for (r, row) in rows.chunks_exact(words * 4).enumerate() {
-            let (g, lane) = (r / GPU_INTERLEAVE, r % GPU_INTERLEAVE);
-            for (j, word) in row.chunks_exact(4).enumerate() {
-                let at = ((g * words + j) * GPU_INTERLEAVE + lane) * 4;
-                out[at..at + 4].copy_from_slice(word);
+        let g = GPU_GROUP;
+        let units = self.cols / GPU_UNIT;
+        let p = self.dtype.gpu_payload_vec4s();
+        let gv = self.dtype.gpu_group_vec4s(self.cols);
+        let rb = self.row_bytes();
+        let groups = (r1 - r0).div_ceil(g);
+        let mut out = vec![0u32; groups * gv * 4];
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for r in 0..r1 - r0 {
+            let row = &self.data[(r0 + r) * rb..(r0 + r + 1) * rb];
+            let base = (r / g) * gv;
+            let lane = r % g;
+            for u in 0..units {
+                // the unit's payload words and its scale word
+                let (payload, scale): (Vec<u32>, u32) = match self.dtype {
+                    DType::F32 => (
+                        row[u * 128..u * 128 + 128]
+                            .chunks_exact(4)
+                            .map(word)
+                            .collect(),
+                        0,
+                    ),
+                    DType::F16 | DType::BF16 => (
+                        row[u * 64..u * 64 + 64].chunks_exact(4).map(word).collect(),
+                        0,
+                    ),
+                    DType::Q8_0 => {
+                        let b = &row[u * 34..u * 34 + 34];
+                        let d = u16::from_le_bytes([b[0], b[1]]) as u32;
+                        (b[2..].chunks_exact(4).map(word).collect(), d)
+                    }
+                    DType::Q4_1 => {
+                        let b = &row[u * 20..u * 20 + 20];
+                        (b[4..].chunks_exact(4).map(word).collect(), word(&b[..4]))
+                    }
+                };
+                for (j, w) in payload.iter().enumerate() {
+                    let v4 = base + (u * p + j / 4) * g + lane;
+                    out[v4 * 4 + j % 4] = *w;
+                }
+                if self.dtype.gpu_has_scales() {
+                    let v4 = base + units * p * g + (u / 4) * g + lane;
+                    out[v4 * 4 + u % 4] = scale;
+                }
             }
         }
-        out
+        bytemuck::cast_slice(&out).to_vec()
     }
 
-    /// Rows [r0, r1) each in its GPU row format, not interleaved.
-    fn gpu_rows(&self, r0: usize, r1: usize) -> Vec<u8> {
-        let rb = self.row_bytes();
-        let src = &self.data[r0 * rb..r1 * rb];
-        match self.dtype {
-            DType::F32 | DType::Q4_1 => src.to_vec(),
-            DType::F16 | DType::BF16 => {
-                let gb = self.dtype.gpu_row_bytes(self.cols);
-                let mut out = vec![0u8; (r1 - r0) * gb];
-                for (i, row) in src.chunks(rb).enumerate() {
-                    out[i * gb..i * gb + rb].copy_from_slice(row);
-                }
-                out
-            }
-            DType::Q8_0 => {
-                let mut out = Vec::with_capacity(src.len() / 34 * 36);
-                for b in src.chunks_exact(34) {
-                    out.extend_from_slice(&b[..2]);
-                    out.extend_from_slice(&[0, 0]);
-                    out.extend_from_slice(&b[2..]);
-                }
-                out
-            }
+    /// The GPU kernels read weights in units of 32: every matrix width must be a multiple.
+    pub fn check_gpu_shape(&self) -> Result<()> {
+        if self.cols % GPU_UNIT != 0 {
+            return Err(Error::format(format!(
+                "tensor {}: {} columns; sinkstream's GPU kernels need matrix widths that are multiples of {GPU_UNIT}",
+                self.name, self.cols
+            )));
         }
+        Ok(())
     }
 
     /// Checks the byte length against the shape.
