@@ -27,7 +27,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let s = q % 8u;
         var scale = 0u;
         if (has_scales()) { scale = w[base + (units * pv + u / 4u) * 8u][u % 4u]; }
-        let v = w[base + (u * pv + payload_index(s)) * 8u];
-        x[t * dims.k / 4u + q] = weights4(v, s, scale);
+        let v = w[base + (u * pv + s * pv / 8u) * 8u];
+        let dm = scale_dm(scale);
+        x[t * dims.k / 4u + q] = raw4(v, s) * dm.x + dm.y;
     }
 }

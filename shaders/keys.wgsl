@@ -25,5 +25,9 @@ fn key_row(i: u32, a: u32, sp: Span) -> u32 {
     }
     let k = sp.total - 1u - a;      // 0 = the newest: query i itself
     if (k <= i) { return dims.scratch_row + i - k; }
-    return dims.sinks + (step.head0 + dims.window - 1u - (k - i - 1u)) % dims.window;
+    // head0 < W and k - i - 1 < W, so one conditional subtraction replaces a modulo (integer
+    // division is slow where SIMD lanes run on a CPU)
+    var r = step.head0 + dims.window - 1u - (k - i - 1u);
+    if (r >= dims.window) { r -= dims.window; }
+    return dims.sinks + r;
 }

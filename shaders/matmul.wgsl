@@ -28,6 +28,24 @@ struct Tile { index: u32 }
 override TT: u32 = 1u;   // tokens per invocation, RG * TT <= 32
 override RG: u32 = 4u;   // row groups per invocation, <= 4 (even for SwiGLU)
 
+// Quarter s (weights 4s .. 4s+3, s a literal) of unit u for every row and token of the tile:
+// acc[r * TT + t] += w[r, 32u + 4s ..] . X[t, 32u + 4s ..]. The payload vec4 holding the quarter
+// is loaded when s starts a new one, a condition fixed once s and the weight type are known.
+fn prefill_quarter(s: u32, u: u32, base: ptr<function, array<u32, 4>>,
+                   cur: ptr<function, array<vec4<u32>, 4>>, dm: ptr<function, array<vec2<f32>, 4>>,
+                   acc: ptr<function, array<f32, 32>>, k4: u32) {
+    let pv = payload_vec4s();
+    if ((s * pv) % 8u == 0u) {
+        for (var r = 0u; r < RG; r++) { (*cur)[r] = w[(*base)[r] + (u * pv + s * pv / 8u) * 8u]; }
+    }
+    var wv: array<vec4<f32>, 4>;
+    for (var r = 0u; r < RG; r++) { wv[r] = raw4((*cur)[r], s) * (*dm)[r].x + (*dm)[r].y; }
+    for (var t = 0u; t < TT; t++) {
+        let xv = x[t * k4 + u * 8u + s];
+        for (var r = 0u; r < RG; r++) { (*acc)[r * TT + t] += dot(wv[r], xv); }
+    }
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let slot = wid.x * 64u + lid;
@@ -38,28 +56,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let t0 = tile.index * TT;
     let tn = min(TT, step.t - t0);
     let units = dims.k / 32u;
-    let pv = payload_vec4s();
     let gv = dims.group_vec4s;
-    let k4 = dims.k / 4u;
+    let tk4 = dims.k / 4u;
     var base: array<u32, 4>;
     for (var r = 0u; r < RG; r++) { base[r] = min(g0 + r, ngroups - 1u) * gv + lane; }
     var acc: array<f32, 32>;    // [r * TT + t]
-    var cur: array<vec4<u32>, 4>;
-    var sc: array<vec4<u32>, 4>;
     for (var u = 0u; u < units; u++) {
-        if (has_scales() && u % 4u == 0u) {
-            for (var r = 0u; r < RG; r++) { sc[r] = w[base[r] + (units * pv + u / 4u) * 8u]; }
-        }
-        for (var s = 0u; s < 8u; s++) {
-            if ((s * pv) % 8u == 0u) {
-                for (var r = 0u; r < RG; r++) { cur[r] = w[base[r] + (u * pv + payload_index(s)) * 8u]; }
+        var dm: array<vec2<f32>, 4>;
+        for (var r = 0u; r < RG; r++) { dm[r] = scale_dm(scale_word(base[r], units, u)); }
+        let xb = u * 8u;
+        if (TT == 1u) {
+            // decode: the unit's 32 inputs once for all rows; per row d * (raw . x) + m * sum(x)
+            let x0 = x[xb]; let x1 = x[xb + 1u]; let x2 = x[xb + 2u]; let x3 = x[xb + 3u];
+            let x4 = x[xb + 4u]; let x5 = x[xb + 5u]; let x6 = x[xb + 6u]; let x7 = x[xb + 7u];
+            let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+            for (var r = 0u; r < RG; r++) {
+                let q = unit_raw(base[r], u);
+                let a = dot(q.q0, x0) + dot(q.q1, x1) + dot(q.q2, x2) + dot(q.q3, x3)
+                      + dot(q.q4, x4) + dot(q.q5, x5) + dot(q.q6, x6) + dot(q.q7, x7);
+                acc[r] += dm[r].x * a + dm[r].y * sx;
             }
-            var wv: array<vec4<f32>, 4>;
-            for (var r = 0u; r < RG; r++) { wv[r] = weights4(cur[r], s, sc[r][u % 4u]); }
-            for (var t = 0u; t < TT; t++) {
-                let xv = x[t * k4 + u * 8u + s];
-                for (var r = 0u; r < RG; r++) { acc[r * TT + t] += dot(wv[r], xv); }
-            }
+        } else {
+            // prefill: a quarter of the unit (4 weights) at a time for all rows, dequantised once
+            // and used for every token of the tile; payload vec4s are loaded as quarters need them
+            var cur: array<vec4<u32>, 4>;
+            prefill_quarter(0u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(1u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(2u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(3u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(4u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(5u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(6u, u, &base, &cur, &dm, &acc, tk4);
+            prefill_quarter(7u, u, &base, &cur, &dm, &acc, tk4);
         }
     }
     for (var r = 0u; r < RG; r++) {

@@ -38,14 +38,18 @@ fn nib4(v: u32, shift: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(v) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(15u));
 }
 
-// Which payload vec4 of a unit holds weights 4s .. 4s+3 (s < 8).
-fn payload_index(s: u32) -> u32 {
-    return s * payload_vec4s() / 8u;
+// A unit's scale word as (d, m): w = d * raw + m for raw values from `raw4` (1, 0 for floats).
+fn scale_dm(word: u32) -> vec2<f32> {
+    switch WTYPE {
+        case 3u: { return vec2<f32>(unpack2x16float(word).x, 0.0); }
+        case 4u: { return unpack2x16float(word); }
+        default: { return vec2<f32>(1.0, 0.0); }
+    }
 }
 
-// Weights 4s .. 4s+3 of a unit, from the payload vec4 that holds them (`payload_index(s)`) and
-// the unit's scale word.
-fn weights4(v: vec4<u32>, s: u32, scale: u32) -> vec4<f32> {
+// Raw values of weights 4s .. 4s+3 of a unit (s < 8) from the payload vec4 that holds them,
+// number s * P / 8 of the unit: the floats themselves, or the quantised integers as floats.
+fn raw4(v: vec4<u32>, s: u32) -> vec4<f32> {
     switch WTYPE {
         case 0u: {
             return bitcast<vec4<f32>>(v);
@@ -59,11 +63,59 @@ fn weights4(v: vec4<u32>, s: u32, scale: u32) -> vec4<f32> {
             return vec4<f32>(bf16x2(v[j]), bf16x2(v[j + 1u]));
         }
         case 3u: {
-            return i8x4(v[s % 4u]) * unpack2x16float(scale).x;
+            return i8x4(v[s % 4u]);
         }
         default: {
-            let dm = unpack2x16float(scale);
-            return nib4(v[s % 4u], (s / 4u) * 4u) * dm.x + dm.y;
+            return nib4(v[s % 4u], (s / 4u) * 4u);
         }
     }
+}
+
+// The 32 raw weights of unit u of the row whose first vec4 is `at` (group base + lane), in
+// order, each case written out: drivers that vectorise across invocations keep fixed indices in
+// registers, while loops over a unit's quarters would spill to memory.
+struct Raw { q0: vec4<f32>, q1: vec4<f32>, q2: vec4<f32>, q3: vec4<f32>,
+             q4: vec4<f32>, q5: vec4<f32>, q6: vec4<f32>, q7: vec4<f32> }
+
+fn unit_raw(at: u32, u: u32) -> Raw {
+    let b = at + u * payload_vec4s() * 8u;
+    switch WTYPE {
+        case 4u: {
+            let q = w[b];
+            return Raw(nib4(q.x, 0u), nib4(q.y, 0u), nib4(q.z, 0u), nib4(q.w, 0u),
+                       nib4(q.x, 4u), nib4(q.y, 4u), nib4(q.z, 4u), nib4(q.w, 4u));
+        }
+        case 3u: {
+            let q = w[b];
+            let r = w[b + 8u];
+            return Raw(i8x4(q.x), i8x4(q.y), i8x4(q.z), i8x4(q.w),
+                       i8x4(r.x), i8x4(r.y), i8x4(r.z), i8x4(r.w));
+        }
+        case 1u, 2u: {
+            let h0 = w[b];
+            let h1 = w[b + 8u];
+            let h2 = w[b + 16u];
+            let h3 = w[b + 24u];
+            return Raw(half4(h0.x, h0.y), half4(h0.z, h0.w), half4(h1.x, h1.y), half4(h1.z, h1.w),
+                       half4(h2.x, h2.y), half4(h2.z, h2.w), half4(h3.x, h3.y), half4(h3.z, h3.w));
+        }
+        default: {
+            return Raw(bitcast<vec4<f32>>(w[b]), bitcast<vec4<f32>>(w[b + 8u]),
+                       bitcast<vec4<f32>>(w[b + 16u]), bitcast<vec4<f32>>(w[b + 24u]),
+                       bitcast<vec4<f32>>(w[b + 32u]), bitcast<vec4<f32>>(w[b + 40u]),
+                       bitcast<vec4<f32>>(w[b + 48u]), bitcast<vec4<f32>>(w[b + 56u]));
+        }
+    }
+}
+
+// Four f16 or bf16 weights from two words.
+fn half4(a: u32, b: u32) -> vec4<f32> {
+    if (WTYPE == 2u) { return vec4<f32>(bf16x2(a), bf16x2(b)); }
+    return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
+}
+
+// The scale word of unit u of the row at `at` (0 for float types).
+fn scale_word(at: u32, units: u32, u: u32) -> u32 {
+    if (!has_scales()) { return 0u; }
+    return w[at + (units * payload_vec4s() + u / 4u) * 8u][u % 4u];
 }
