@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::engine::OpTime;
+use crate::engine::{OpTime, Picked, Select};
 use crate::error::Result;
 use crate::eval::rss_bytes;
 use crate::{GpuModel, Logits, Policy, Session};
@@ -122,14 +122,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Greedy decode steps from the session's current state; returns each step's seconds.
+/// Greedy decode steps from the session's current state, the token picked on the GPU as in
+/// generation (only its id comes back); returns each step's seconds.
 fn decode_steps(s: &mut Session, first: u32, n: usize) -> Result<Vec<f64>> {
+    let greedy = Select {
+        k: 1,
+        penalty: 1.0,
+        ..Select::default()
+    };
     let mut next = first;
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();
-        let logits = s.feed_blocking(&[next], Logits::Last)?;
-        next = argmax(&logits);
+        next = match s.feed_select_blocking(&[next], &greedy)? {
+            Picked::Candidates(c) => c.first().map_or(0, |c| c.0),
+            Picked::Row(row) => argmax(&row),
+        };
         times.push(t0.elapsed().as_secs_f64());
     }
     Ok(times)

@@ -23,6 +23,11 @@ const MATMUL_RG: usize = 4;
 const ROW_CHUNK: usize = GPU_GROUP * MATMUL_RG;
 /// Floats a uniform window holds.
 const WINDOW_FLOATS: usize = (UNIFORM_WINDOW / 4) as usize;
+/// Most candidates shaders/select.wgsl returns (more means ties: the whole row is read instead).
+pub const SELECT_CAP: usize = 256;
+/// Most recent tokens the GPU's repetition penalty takes.
+pub const SELECT_RECENT: usize = 64;
+
 /// Byte stride of the entries of the tile-index uniform buffer (the dynamic offset alignment).
 const TILE_STRIDE: u64 = 256;
 
@@ -371,6 +376,26 @@ pub enum Logits {
     All,
 }
 
+/// A request to pick the sampler's candidates on the GPU after the last token (select.wgsl):
+/// the repetition penalty on `recent`, then the best logit (`k` = 1) or at least the `k` best.
+#[derive(Clone, Debug, Default)]
+pub struct Select {
+    pub k: u32,
+    pub penalty: f32,
+    pub recent: Vec<u32>,
+    /// Logits further than this below the best one are never candidates (for k > 1); the
+    /// sampler passes 30 x its temperature, a probability ratio below e^-30.
+    pub span: f32,
+}
+
+/// What `Session::feed_select` returns: the candidates (penalty applied, in no order), or, when
+/// ties made too many of them, the whole row of logits (penalty applied too).
+#[derive(Clone, Debug)]
+pub enum Picked {
+    Candidates(Vec<(u32, f32)>),
+    Row(Vec<f32>),
+}
+
 /// Live numbers about a session, for `/stats`, the browser and benchmarks.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -399,6 +424,11 @@ pub struct Session {
     rot: GpuBuffer,
     logits: GpuBuffer,
     readback: GpuBuffer,
+    select: Op,
+    select_params: GpuBuffer,
+    select_recent: GpuBuffer,
+    select_out: GpuBuffer,
+    select_read: GpuBuffer,
     body: Vec<Op>,
     head_all: Vec<Op>,
     head_last: Vec<Op>,
@@ -871,6 +901,25 @@ impl Session {
             false,
         );
 
+        // candidate selection for the sampler, on the last token's row of logits
+        let select_params = gpu.uniform("select_params", &[0u8; 32]);
+        let select_recent = gpu.storage("select_recent", SELECT_RECENT as u64 * 4)?;
+        let select_bytes = (4 + 2 * SELECT_CAP as u64) * 4;
+        let select_out = gpu.storage("select_out", select_bytes)?;
+        let select_read = gpu.readback("select_readback", select_bytes);
+        let select = b.op(
+            "select",
+            Kernel::Select,
+            &[],
+            &[
+                Bind::Whole(&select_params),
+                Bind::Whole(&logits),
+                Bind::Whole(&select_recent),
+                Bind::Whole(&select_out),
+            ],
+            Grid::One,
+        );
+
         let mut keep = b.keep;
         keep.extend([x, xn, xlast, qkv, qr, sc, att, act, dummy, step_one, tile]);
         keep.extend(gate_up);
@@ -887,6 +936,11 @@ impl Session {
             rot,
             logits,
             readback,
+            select,
+            select_params,
+            select_recent,
+            select_out,
+            select_read,
             body,
             head_all,
             head_last,
@@ -949,16 +1003,10 @@ impl Session {
 
     /// Streams `tokens` through the model; returns the logits asked for.
     pub async fn feed(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::invalid("no tokens to feed"));
-        }
-        let vocab = self.model.config.vocab;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
         if let Policy::Recompute { window } = self.policy {
+            if tokens.is_empty() {
+                return Err(Error::invalid("no tokens to feed"));
+            }
             // Every token: the model re-run over the last W tokens from an empty cache.
             let mut out = Vec::new();
             for &t in tokens {
@@ -970,7 +1018,7 @@ impl Session {
                 let hist: Vec<u32> = self.history.iter().copied().collect();
                 let mut last = Vec::new();
                 for chunk in hist.chunks(self.max_batch) {
-                    last = self.block(chunk, Logits::Last).await?;
+                    last = self.block(chunk, Logits::Last, false).await?;
                 }
                 if which == Logits::All {
                     out.extend(last);
@@ -980,15 +1028,7 @@ impl Session {
             }
             return Ok(out);
         }
-        if let Policy::Dense { max } = self.policy {
-            if self.count + tokens.len() as u64 > max as u64 {
-                return Err(Error::CacheFull(format!(
-                    "the dense cache holds {max} tokens and {} more would not fit ({} streamed so far); raise --max-context or use the sink policy, which streams forever",
-                    tokens.len(),
-                    self.count
-                )));
-            }
-        }
+        self.check_tokens(tokens)?;
         let mut out = Vec::new();
         let blocks: Vec<&[u32]> = tokens.chunks(self.max_batch).collect();
         let nb = blocks.len();
@@ -1000,10 +1040,98 @@ impl Session {
             } else {
                 Logits::Skip
             };
-            let l = self.block(b, w).await?;
+            let l = self.block(b, w, false).await?;
             out.extend(l);
         }
         Ok(out)
+    }
+
+    /// Streams `tokens` through the model like `feed` with `Logits::Last`, then picks the
+    /// sampler's candidates on the GPU, so a few bytes come back instead of a row of logits.
+    pub async fn feed_select(&mut self, tokens: &[u32], sel: &Select) -> Result<Picked> {
+        if sel.k == 0 || sel.k as usize > SELECT_CAP || sel.recent.len() > SELECT_RECENT {
+            return Err(Error::invalid(format!(
+                "candidate selection takes 1..={SELECT_CAP} candidates and up to {SELECT_RECENT} recent tokens"
+            )));
+        }
+        if !(sel.penalty.is_finite() && sel.penalty > 0.0) {
+            return Err(Error::invalid(
+                "the repetition penalty must be a finite number > 0",
+            ));
+        }
+        if matches!(self.policy, Policy::Recompute { .. }) {
+            let row = self.feed(tokens, Logits::Last).await?;
+            return Ok(Picked::Row(row));
+        }
+        self.check_tokens(tokens)?;
+        let n = tokens.len();
+        let last = (n - 1) / self.max_batch * self.max_batch;
+        if last > 0 {
+            self.feed(&tokens[..last], Logits::Skip).await?;
+        }
+        let gpu = self.model.gpu.clone();
+        let params = [
+            self.model.config.vocab as u32,
+            sel.k,
+            sel.penalty.to_bits(),
+            sel.recent.len() as u32,
+            sel.span.to_bits(),
+            0,
+            0,
+            0,
+        ];
+        gpu.queue
+            .write_buffer(&self.select_params, 0, bytemuck::cast_slice(&params));
+        if !sel.recent.is_empty() {
+            gpu.queue
+                .write_buffer(&self.select_recent, 0, bytemuck::cast_slice(&sel.recent));
+        }
+        let words = self.block(&tokens[last..], Logits::Last, true).await?;
+        let words: &[u32] = bytemuck::cast_slice(&words);
+        let count = words[0] as usize;
+        if count > SELECT_CAP {
+            // ties: the whole row (penalised in place) instead
+            let mut enc = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("row") });
+            let bytes = self.model.config.vocab as u64 * 4;
+            enc.copy_buffer_to_buffer(&self.logits, 0, &self.readback, 0, bytes);
+            gpu.queue.submit([enc.finish()]);
+            return Ok(Picked::Row(read_buffer(&gpu, &self.readback, bytes).await?));
+        }
+        Ok(Picked::Candidates(
+            (0..count)
+                .map(|i| (words[4 + 2 * i], f32::from_bits(words[5 + 2 * i])))
+                .collect(),
+        ))
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to feed"));
+        }
+        let vocab = self.model.config.vocab;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if let Policy::Dense { max } = self.policy {
+            if self.count + tokens.len() as u64 > max as u64 {
+                return Err(Error::CacheFull(format!(
+                    "the dense cache holds {max} tokens and {} more would not fit ({} streamed so far); raise --max-context or use the sink policy, which streams forever",
+                    tokens.len(),
+                    self.count
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Native convenience: `feed_select` blocking on the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn feed_select_blocking(&mut self, tokens: &[u32], sel: &Select) -> Result<Picked> {
+        pollster::block_on(self.feed_select(tokens, sel))
     }
 
     /// Native convenience: `feed` blocking on the GPU.
@@ -1051,7 +1179,9 @@ impl Session {
         self.rule.attended_len(self.count + t as u64 - 1) as u32
     }
 
-    async fn block(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+    /// One block: every op, the head asked for, and with `select` the candidate selection
+    /// (whose output words come back instead of logits).
+    async fn block(&mut self, tokens: &[u32], which: Logits, select: bool) -> Result<Vec<f32>> {
         let gpu = self.model.gpu.clone();
         let t = tokens.len() as u32;
         self.write_step(tokens);
@@ -1079,6 +1209,17 @@ impl Session {
             for op in head {
                 self.dispatches += op.encode(&mut pass, head_t, keys);
             }
+            if select {
+                self.dispatches += self.select.encode(&mut pass, 1, keys);
+            }
+        }
+        if select {
+            let bytes = self.select_read.size();
+            enc.copy_buffer_to_buffer(&self.select_out, 0, &self.select_read, 0, bytes);
+            gpu.queue.submit([enc.finish()]);
+            self.submissions += 1;
+            self.count += t as u64;
+            return read_buffer(&gpu, &self.select_read, bytes).await;
         }
         let vocab = self.model.config.vocab as u64;
         let rows = match which {

@@ -8,12 +8,12 @@
 use std::collections::VecDeque;
 
 use crate::chat::{ChatTemplate, Message};
-use crate::engine::Session;
+use crate::engine::{Logits, Picked, Select, Session, SELECT_CAP, SELECT_RECENT};
 use crate::error::{Error, Result};
 use crate::sampler::Sampler;
-use crate::tokenizer::Tokenizer;
 #[cfg(not(target_arch = "wasm32"))]
-use crate::{engine::Logits, tokenizer::StreamDecoder};
+use crate::tokenizer::StreamDecoder;
+use crate::tokenizer::Tokenizer;
 
 /// Seconds from an arbitrary origin. A plain function pointer so wasm can pass
 /// `performance.now() / 1000` later without making every type generic.
@@ -75,15 +75,36 @@ pub enum StopReason {
     Error,
 }
 
+/// What the next token is drawn from.
+enum Next {
+    /// The whole row of logits.
+    Row(Vec<f32>),
+    /// The row with the repetition penalty already applied (on the GPU).
+    Penalised(Vec<f32>),
+    /// The candidates the GPU picked (shaders/select.wgsl).
+    Candidates(Vec<(u32, f32)>),
+}
+
+impl From<Picked> for Next {
+    fn from(p: Picked) -> Next {
+        match p {
+            Picked::Candidates(c) => Next::Candidates(c),
+            Picked::Row(r) => Next::Penalised(r),
+        }
+    }
+}
+
 /// A session plus a sampler: feed a prompt, then draw tokens one at a time.
 pub struct Generator {
     session: Session,
     sampler: Sampler,
     stop: Vec<u32>,
-    /// The logits that predict the next token; None before a prompt and after a stop token.
-    logits: Option<Vec<f32>>,
+    /// What predicts the next token; None before a prompt and after a stop token.
+    logits: Option<Next>,
     recent: VecDeque<u32>,
     generated: Vec<u32>,
+    /// Pick the sampler's candidates on the GPU where the configuration allows.
+    gpu_select: bool,
     clock: Clock,
     timing: Timing,
     started: f64,
@@ -100,6 +121,7 @@ impl Generator {
             logits: None,
             recent: VecDeque::with_capacity(PENALTY_WINDOW),
             generated: Vec::new(),
+            gpu_select: true,
             clock: default_clock,
             timing: Timing::default(),
             started: 0.0,
@@ -119,6 +141,12 @@ impl Generator {
     /// To reset the stream use `Generator::reset`, which also drops the pending logits.
     pub fn session_mut(&mut self) -> &mut Session {
         &mut self.session
+    }
+
+    /// Whether the sampler's candidates are picked on the GPU (the default; the draw is the same
+    /// either way, only what is read back differs). Off: every row of logits comes back.
+    pub fn set_gpu_select(&mut self, on: bool) {
+        self.gpu_select = on;
     }
 
     pub fn sampler(&self) -> &Sampler {
@@ -174,11 +202,55 @@ impl Generator {
     }
 
     pub fn finish_prompt(&mut self, ids: &[u32], logits: Vec<f32>) {
+        self.finish_prompt_next(ids, Next::Row(logits));
+    }
+
+    fn finish_prompt_next(&mut self, ids: &[u32], next: Next) {
         self.timing.prompt_seconds = (self.clock)() - self.started;
         for &t in ids {
             self.remember(t);
         }
-        self.logits = Some(logits);
+        self.logits = Some(next);
+    }
+
+    /// Feeds `ids` and keeps what the next draw needs: the sampler's candidates picked on the
+    /// GPU where its configuration allows (a few bytes read back), else the row of logits.
+    async fn feed_for_next(&mut self, ids: &[u32]) -> Result<Next> {
+        match self.sampler.gpu_candidates(SELECT_CAP) {
+            Some(k) if self.gpu_select => {
+                let keep = SELECT_RECENT.min(PENALTY_WINDOW);
+                let mut recent: Vec<u32> = self.recent.iter().chain(ids).copied().collect();
+                let cut = recent.len().saturating_sub(keep);
+                recent.drain(..cut);
+                let c = self.sampler.config();
+                let sel = Select {
+                    k,
+                    penalty: c.repetition_penalty,
+                    recent,
+                    span: 30.0 * c.temperature.max(1e-3),
+                };
+                Ok(self.session.feed_select(ids, &sel).await?.into())
+            }
+            _ => Ok(Next::Row(self.session.feed(ids, Logits::Last).await?)),
+        }
+    }
+
+    /// Feeds a prompt (see `begin_prompt`) and keeps what predicts the first token.
+    pub async fn feed_prompt(&mut self, ids: &[u32]) -> Result<()> {
+        self.begin_prompt(ids)?;
+        let next = self.feed_for_next(ids).await?;
+        self.finish_prompt_next(ids, next);
+        Ok(())
+    }
+
+    /// Draws the next token and feeds it; `None` when the model chose a stop token.
+    pub async fn feed_token(&mut self) -> Result<Option<u32>> {
+        let Some(id) = self.begin_token()? else {
+            return Ok(None);
+        };
+        let next = self.feed_for_next(&[id]).await?;
+        self.finish_token_next(id, next);
+        Ok(Some(id))
     }
 
     /// Samples from the pending logits. `Ok(None)` is a stop token: nothing is left to feed.
@@ -188,8 +260,15 @@ impl Generator {
             Error::invalid("nothing to continue: feed a prompt first (a reply that hit a stop token needs a new prompt)")
         })?;
         self.started = (self.clock)();
-        let recent: Vec<u32> = self.recent.iter().copied().collect();
-        let id = self.sampler.sample(logits, &recent);
+        let id = match logits {
+            Next::Row(row) => {
+                let recent: Vec<u32> = self.recent.iter().copied().collect();
+                self.sampler.sample(row, &recent)
+            }
+            Next::Penalised(row) => self.sampler.sample_penalised(row),
+            // (if the sampler changed since they were picked, the draw is among them)
+            Next::Candidates(c) => self.sampler.sample_candidates(c),
+        };
         if self.stop.contains(&id) {
             // Not fed: the cache ends with the reply's text, and Chat closes the turn with the
             // template's own end marker, whichever stop token the model chose.
@@ -202,9 +281,13 @@ impl Generator {
     }
 
     pub fn finish_token(&mut self, id: u32, logits: Vec<f32>) {
+        self.finish_token_next(id, Next::Row(logits));
+    }
+
+    fn finish_token_next(&mut self, id: u32, next: Next) {
         self.remember(id);
         self.generated.push(id);
-        self.logits = Some(logits);
+        self.logits = Some(next);
         self.timing.generated_tokens += 1;
         self.timing.generate_seconds += (self.clock)() - self.started;
     }
@@ -219,22 +302,15 @@ impl Generator {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl Generator {
-    /// Feeds the prompt (blocks of the session's batch size) and keeps the last logits.
+    /// Feeds the prompt (blocks of the session's batch size) and keeps what predicts the next
+    /// token.
     pub fn prompt(&mut self, ids: &[u32]) -> Result<()> {
-        self.begin_prompt(ids)?;
-        let logits = self.session.feed_blocking(ids, Logits::Last)?;
-        self.finish_prompt(ids, logits);
-        Ok(())
+        pollster::block_on(self.feed_prompt(ids))
     }
 
     /// Samples the next token and feeds it; `None` when the model chose a stop token.
     pub fn next_token(&mut self) -> Result<Option<u32>> {
-        let Some(id) = self.begin_token()? else {
-            return Ok(None);
-        };
-        let logits = self.session.feed_blocking(&[id], Logits::Last)?;
-        self.finish_token(id, logits);
-        Ok(Some(id))
+        pollster::block_on(self.feed_token())
     }
 
     /// Up to `max_tokens` tokens as text pieces (see `TextStream`).

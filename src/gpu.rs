@@ -18,6 +18,7 @@ const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const KV_WRITE: &str = include_str!("../shaders/kv_write.wgsl");
 const ATTN_SCORES: &str = include_str!("../shaders/attn_scores.wgsl");
 const ATTN_OUT: &str = include_str!("../shaders/attn_out.wgsl");
+const SELECT: &str = include_str!("../shaders/select.wgsl");
 
 /// The WTYPE override constant weights.wgsl switches on.
 pub fn wtype(d: DType) -> u32 {
@@ -45,6 +46,7 @@ pub enum Kernel {
     KvWrite,
     AttnScores,
     AttnOut,
+    Select,
 }
 
 /// How a kernel binds one resource.
@@ -68,6 +70,7 @@ impl Kernel {
             Kernel::KvWrite => KV_WRITE.into(),
             Kernel::AttnScores => format!("{ATTN_SCORES}\n{KEYS}"),
             Kernel::AttnOut => format!("{ATTN_OUT}\n{KEYS}"),
+            Kernel::Select => SELECT.into(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Kernel {
             Kernel::KvWrite => &[Uniform, Uniform, ReadWrite, ReadWrite],
             Kernel::AttnScores => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
             Kernel::AttnOut => &[Uniform, Uniform, Read, Read, ReadWrite],
+            Kernel::Select => &[Uniform, ReadWrite, Read, ReadWrite],
         }
     }
 }

@@ -96,10 +96,49 @@ impl Sampler {
         &self.cfg
     }
 
+    /// How many candidates the GPU should pick for this configuration (shaders/select.wgsl):
+    /// 1 for greedy, top-k when it is on (and at most `cap`); `None` when the draw needs the
+    /// whole row (top-k off with a temperature).
+    pub fn gpu_candidates(&self, cap: usize) -> Option<u32> {
+        let c = &self.cfg;
+        if c.temperature == 0.0 {
+            Some(1)
+        } else if c.top_k > 0 && c.top_k <= cap {
+            Some(c.top_k as u32)
+        } else {
+            None
+        }
+    }
+
     /// The next token. `recent` are the tokens the repetition penalty applies to (each counted once).
     /// NaN logits are never chosen; if no logit is usable the result is token 0.
     pub fn sample(&mut self, logits: &[f32], recent: &[u32]) -> u32 {
-        let c = self.cfg;
+        self.fill(logits);
+        self.penalise(logits.len(), recent);
+        self.choose()
+    }
+
+    /// Like `sample` on logits the repetition penalty was already applied to (on the GPU).
+    pub fn sample_penalised(&mut self, logits: &[f32]) -> u32 {
+        self.fill(logits);
+        self.choose()
+    }
+
+    /// Draws from candidates the GPU picked (penalty applied, any order): the same token as
+    /// `sample` on the whole row, since they include every logit top-k (or greedy) can keep.
+    pub fn sample_candidates(&mut self, candidates: &[(u32, f32)]) -> u32 {
+        self.cand.clear();
+        self.cand.extend(
+            candidates
+                .iter()
+                .map(|&(i, l)| (i, if l.is_nan() { f32::NEG_INFINITY } else { l })),
+        );
+        // a plain scan meets tokens in id order; so must the greedy argmax here
+        self.cand.sort_unstable_by_key(|c| c.0);
+        self.choose()
+    }
+
+    fn fill(&mut self, logits: &[f32]) {
         self.cand.clear();
         self.cand.extend(
             logits
@@ -107,11 +146,16 @@ impl Sampler {
                 .enumerate()
                 .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l })),
         );
+    }
+
+    fn penalise(&mut self, vocab: usize, recent: &[u32]) {
+        let c = self.cfg;
+        let logits_len = vocab;
         if c.repetition_penalty != 1.0 {
             let mut seen: Vec<u32> = recent
                 .iter()
                 .copied()
-                .filter(|&t| (t as usize) < logits.len())
+                .filter(|&t| (t as usize) < logits_len)
                 .collect();
             seen.sort_unstable();
             seen.dedup();
@@ -126,6 +170,11 @@ impl Sampler {
                 };
             }
         }
+    }
+
+    /// Greedy or temperature / top-k / top-p on `self.cand`.
+    fn choose(&mut self) -> u32 {
+        let c = self.cfg;
         if c.temperature == 0.0 {
             return argmax(&self.cand);
         }

@@ -23,7 +23,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use crate::cache::{CacheRule, Policy};
 use crate::chat::ChatTemplate;
-use crate::engine::{GpuModel, Logits, Session, Stats};
+use crate::engine::{GpuModel, Session, Stats};
 use crate::error::Error;
 use crate::generate::{turn_text, Generator, Timing};
 use crate::gpu::Gpu;
@@ -475,9 +475,7 @@ impl Shared {
             let rule = gen.session().rule();
             self.live.borrow_mut().mirror = Mirror::new(rule);
         }
-        gen.begin_prompt(&ids)?;
-        let logits = gen.session_mut().feed(&ids, Logits::Last).await?;
-        gen.finish_prompt(&ids, logits);
+        gen.feed_prompt(&ids).await?;
         {
             let mut live = self.live.borrow_mut();
             live.mirror.push(&ids);
@@ -502,12 +500,10 @@ impl Shared {
                 why = Why::Stopped;
                 break;
             }
-            let Some(id) = gen.begin_token()? else {
+            let Some(id) = gen.feed_token().await? else {
                 why = Why::StopToken;
                 break;
             };
-            let logits = gen.session_mut().feed(&[id], Logits::Last).await?;
-            gen.finish_token(id, logits);
             {
                 let mut live = self.live.borrow_mut();
                 live.mirror.push(&[id]);
