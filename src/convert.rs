@@ -387,3 +387,27 @@ pub fn temp_dir_for(out: &std::path::Path) -> Result<std::path::PathBuf> {
         std::process::id()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_by_hand_and_round_trip() {
+        // One head of dim 4, rows of one value: llama.cpp's rows (0, 1, 2, 3) are HF rows
+        // (0, 2, 1, 3): adjacent pairs (0,1), (2,3) become half pairs (0,2), (1,3).
+        assert_eq!(
+            unpermute_rows(&[10.0, 11.0, 12.0, 13.0], 1, 1),
+            [10.0, 12.0, 11.0, 13.0]
+        );
+        // Two heads of dim 4, rows of 2 values: each head separately.
+        let g: Vec<f32> = (0..16).map(|x| x as f32).collect();
+        let h = unpermute_rows(&g, 2, 2);
+        assert_eq!(&h[..8], &[0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(&h[8..], &[8.0, 9.0, 12.0, 13.0, 10.0, 11.0, 14.0, 15.0]);
+        assert_eq!(permute_rows(&h, 2, 2), g);
+        // 3 heads of dim 8 (rows of 5 values)
+        let g: Vec<f32> = (0..3 * 8 * 5).map(|x| x as f32 * 0.5).collect();
+        assert_eq!(permute_rows(&unpermute_rows(&g, 5, 3), 5, 3), g);
+    }
+}

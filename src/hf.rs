@@ -427,6 +427,8 @@ pub trait CheckpointFiles {
 #[derive(Default)]
 pub struct MemoryFiles {
     files: BTreeMap<String, Vec<u8>>,
+    /// Every name given, also after its bytes were taken (for messages).
+    given: BTreeSet<String>,
 }
 
 impl MemoryFiles {
@@ -436,11 +438,13 @@ impl MemoryFiles {
 
     pub fn insert(&mut self, name: &str, bytes: Vec<u8>) {
         let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+        self.given.insert(base.to_string());
         self.files.insert(base.to_string(), bytes);
     }
 
+    /// The names given (directory parts dropped).
     pub fn names(&self) -> Vec<String> {
-        self.files.keys().cloned().collect()
+        self.given.iter().cloned().collect()
     }
 }
 
@@ -452,7 +456,7 @@ impl CheckpointFiles for MemoryFiles {
         self.files.contains_key(name)
     }
     fn describe(&self) -> String {
-        let names: Vec<&str> = self.files.keys().map(|s| s.as_str()).collect();
+        let names: Vec<&str> = self.given.iter().map(|s| s.as_str()).collect();
         format!("the files given ({})", names.join(", "))
     }
 }
@@ -842,8 +846,7 @@ fn load_hf(files: &mut dyn CheckpointFiles) -> Result<Model> {
             files.describe()
         ))
     })?;
-    let mut tokenizer = Tokenizer::from_json_bytes(&tok_bytes)
-        .map_err(|e| Error::Tokenizer(format!("{TOKENIZER}: {}", strip_kind(&e))))?;
+    let mut tokenizer = Tokenizer::from_json_bytes(&tok_bytes)?;
     drop(tok_bytes);
     if tokenizer.vocab_size() > c.vocab {
         return Err(Error::Tokenizer(format!(
@@ -886,8 +889,14 @@ fn load_hf(files: &mut dyn CheckpointFiles) -> Result<Model> {
         ),
         None => None,
     };
-    let chat_template = match template_file.or(template_source(&tc)?) {
-        Some(src) => ChatTemplate::new(&src, &bos_text, &eos_text)?,
+    // transformers prefers chat_template.jinja over the copy in tokenizer_config.json.
+    let (template, from) = match template_file {
+        Some(t) => (Some(t), CHAT_TEMPLATE),
+        None => (template_source(&tc)?, TOKENIZER_CONFIG),
+    };
+    let chat_template = match template {
+        Some(src) => ChatTemplate::new(&src, &bos_text, &eos_text)
+            .map_err(|e| Error::Tokenizer(format!("{from}: {}", strip_kind(&e))))?,
         None => ChatTemplate::chatml(),
     };
 
@@ -952,5 +961,85 @@ fn strip_kind(e: &Error) -> String {
     match e {
         Error::Tokenizer(m) | Error::Format(m) => m.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * b.abs().max(1e-12)
+    }
+
+    #[test]
+    fn llama3_rope_scaling_by_hand() {
+        // theta 10000, head_dim 8: base frequencies 1, 0.1, 0.01, 0.001 (wavelengths 2*pi/f:
+        // 6.28, 62.8, 628.3, 6283). factor 8, low 1, high 4, original context 1000: wavelengths
+        // under 1000/4 = 250 are kept, over 1000/1 = 1000 divided by 8, and 628.3 is blended:
+        // smooth = (1000/628.3185 - 1) / (4 - 1) = 0.19718314,
+        // f = 0.01 * ((1 - smooth)/8 + smooth) = 0.01 * 0.29753525 = 0.0029753525.
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 1000.0,
+        };
+        let f = rope_freqs(10000.0, 8, Some(s));
+        let want = [1.0, 0.1, 0.002_975_352_507, 0.000_125];
+        for (i, (g, w)) in f.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= 1e-11, "pair {i}: {g} vs {w}");
+        }
+        // Llama 3.1's own settings (theta 500000, head_dim 128, factor 8, 1, 4, 8192): the
+        // fastest pair is untouched, the slowest (wavelength about 2.6M positions) divided by 8.
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let base = Config::default_rope_freqs(500000.0, 128);
+        let f = rope_freqs(500000.0, 128, Some(s));
+        assert_eq!(f[0], 1.0);
+        assert!(close(f[63], base[63] / 8.0));
+        // Linear: everything divided.
+        let f = rope_freqs(10000.0, 8, Some(RopeScaling::Linear { factor: 4.0 }));
+        assert!(close(f[1], 0.025));
+    }
+
+    #[test]
+    fn config_json_fields() {
+        let j = br#"{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "vocab_size": 151936,
+            "max_position_embeddings": 32768, "tie_word_embeddings": true, "hidden_act": "silu",
+            "bos_token_id": 151643, "eos_token_id": [151645, 151643], "sliding_window": null}"#;
+        let h = HfConfig::parse(j).unwrap();
+        assert_eq!(h.architecture, Architecture::Qwen2);
+        assert!(h.qkv_bias);
+        let c = &h.config;
+        assert_eq!(
+            (c.dim, c.head_dim, c.n_kv_heads, c.ffn_dim),
+            (896, 64, 2, 4864)
+        );
+        assert_eq!(c.rope_layout, RopeLayout::Half);
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(h.eos_token_ids, [151645, 151643]);
+        assert_eq!(h.tie_word_embeddings, Some(true));
+        // Llama 3.2 style: rope_scaling, explicit head_dim, model_type only.
+        let j = br#"{"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+            "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 64, "rope_theta": 500000.0, "vocab_size": 128256,
+            "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+              "original_max_position_embeddings": 8192, "rope_type": "llama3"}}"#;
+        let h = HfConfig::parse(j).unwrap();
+        assert_eq!(h.architecture, Architecture::Llama);
+        assert!(!h.qkv_bias);
+        assert_eq!(h.config.context_len, 2048);
+        assert_eq!(h.config.rope_freqs[0], 1.0);
+        assert!(close(
+            h.config.rope_freqs[31],
+            Config::default_rope_freqs(500000.0, 64)[31] / 32.0
+        ));
     }
 }
