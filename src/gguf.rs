@@ -184,8 +184,8 @@ impl<'a> Reader<'a> {
                 let min = match elem {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
-                    8 | 9 | 10 | 11 | 12 => 8,
+                    4..=6 => 4,
+                    8..=12 => 8,
                     other => {
                         return Err(Error::format(format!(
                             "metadata {key}: unknown array element type {other}"

@@ -369,7 +369,7 @@ impl HfConfig {
             Some(Some(t)) => t,
             _ => o.num_opt("rope_theta")?.unwrap_or(10000.0),
         };
-        if !(theta > 1.0) {
+        if theta <= 1.0 {
             return Err(o.err(format!("rope_theta {theta} must be larger than 1")));
         }
         let scaling = match (o.get("rope_scaling"), rope_params) {
