@@ -398,9 +398,7 @@ impl HfConfig {
                 .size_opt("max_position_embeddings")?
                 .unwrap_or(default_context),
         };
-        config
-            .validate()
-            .map_err(|e| o.err(e.to_string().trim_start_matches("model format: ").into()))?;
+        config.validate().map_err(|e| o.err(strip_kind(&e)))?;
         Ok(HfConfig {
             architecture,
             config,
@@ -756,9 +754,8 @@ fn load_tensors(
         .find(|n| !out.contains_key(*n) && !optional.contains(*n))
     {
         return Err(Error::Format(format!(
-            "tensor {missing} is missing (looked in {}); the checkpoint is incomplete or not a {} checkpoint",
-            shards.join(", "),
-            "Llama-family"
+            "tensor {missing} is missing (looked in {}); the checkpoint is incomplete or not a Llama-family checkpoint",
+            shards.join(", ")
         )));
     }
     Ok(out)
