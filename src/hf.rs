@@ -440,6 +440,11 @@ impl MemoryFiles {
         self.files.insert(base.to_string(), bytes);
     }
 
+    /// The bytes of a file still held.
+    pub fn peek(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(|b| b.as_slice())
+    }
+
     /// The names given (directory parts dropped).
     pub fn names(&self) -> Vec<String> {
         self.given.iter().cloned().collect()

@@ -762,7 +762,8 @@ impl Engine {
 
     /// Fetches a model and loads it, reporting download progress: a GGUF file, or a Hugging Face
     /// checkpoint directory when the URL ends with "/" (config.json, tokenizer.json,
-    /// tokenizer_config.json and chat_template.jinja when present, model.safetensors or the
+    /// tokenizer_config.json when present, chat_template.jinja when it holds no template,
+    /// model.safetensors or the
     /// index and its shards). With `cacheName` (for example "sinkstream-models") the files are
     /// kept in Cache Storage and later loads of the same URL read them from there instead of
     /// the network.
@@ -816,10 +817,22 @@ impl Engine {
             (hf::CONFIG, false),
             (hf::TOKENIZER, false),
             (hf::TOKENIZER_CONFIG, true),
-            (hf::CHAT_TEMPLATE, true),
         ] {
             if let Some(d) = dir_file(base, file, optional, cache, on_progress, stored).await? {
                 files.insert(file, d);
+            }
+        }
+        // chat_template.jinja only exists where tokenizer_config.json has no template: asking for
+        // it otherwise would only log a 404 in the console.
+        let has_template = files.peek(hf::TOKENIZER_CONFIG).is_some_and(|b| {
+            serde_json::from_slice::<serde_json::Value>(b)
+                .is_ok_and(|j| j.get("chat_template").is_some_and(|t| !t.is_null()))
+        });
+        if !has_template {
+            if let Some(d) =
+                dir_file(base, hf::CHAT_TEMPLATE, true, cache, on_progress, stored).await?
+            {
+                files.insert(hf::CHAT_TEMPLATE, d);
             }
         }
         match dir_file(base, hf::WEIGHTS, true, cache, on_progress, stored).await? {
