@@ -377,6 +377,8 @@ impl HfConfig {
             (None, Some(m)) => parse_rope_scaling(&o, &Value::Object(m.clone()))?,
             (None, None) => None,
         };
+        // sliding_window (Mistral, Qwen2) is not applied: the cache policy decides what each
+        // token attends to (a window policy of the same size reproduces it).
         let eps = o.num_opt("rms_norm_eps")?.unwrap_or(1e-6);
         let default_context = match architecture {
             Architecture::Llama => 2048,
