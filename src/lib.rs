@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cache;
 pub mod chat;
+pub mod convert;
 pub mod cpu;
 pub mod engine;
 pub mod error;
@@ -13,6 +14,9 @@ pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod hf;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
 pub mod model;
 #[cfg(feature = "cli")]
 pub mod plot;

@@ -13,8 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use sinkstream::chat::{ChatTemplate, Message};
+use sinkstream::convert::{self as hf_convert, OutDType};
 use sinkstream::eval::{self, EvalOptions, StreamEval};
 use sinkstream::generate::{Chat, Generator, StopReason, Timing};
+use sinkstream::hub;
 use sinkstream::plot::{line_plot, PlotSpec, Series};
 use sinkstream::sampler::{Sampler, SamplingConfig};
 use sinkstream::tokenizer::Tokenizer;
@@ -52,13 +54,22 @@ enum Command {
     /// Measure speed and memory: prefill, decode, per-token latency deep into a stream, recompute
     /// against the sink cache, dispatches and allocations per token (docs/performance.md).
     Bench(BenchArgs),
+    /// Write a Hugging Face checkpoint (config.json, model.safetensors, tokenizer.json,
+    /// tokenizer_config.json with the chat template) from a GGUF model. llama.cpp's Q/K row
+    /// permutation is undone, so the result uses the Hugging Face rotate-half RoPE layout and
+    /// loads in sinkstream and in transformers alike.
+    Convert(ConvertArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// GGUF model file [default: models/SmolLM2-135M-Instruct.Q4_1.gguf in the current directory,
-    /// else in the sinkstream source tree; scripts/fetch-model.sh downloads it]
-    #[arg(long, value_name = "FILE")]
+    /// A GGUF file, a Hugging Face checkpoint directory (config.json, model.safetensors or
+    /// shards, tokenizer.json, tokenizer_config.json), or a Hugging Face repo id such as
+    /// HuggingFaceTB/SmolLM2-135M-Instruct (taken from the Hugging Face cache, else downloaded
+    /// into it; HF_HOME moves the cache, HF_HUB_OFFLINE=1 forbids the network)
+    /// [default: models/SmolLM2-135M-Instruct.Q4_1.gguf in the current directory, else in the
+    /// sinkstream source tree; scripts/fetch-model.sh downloads it]
+    #[arg(long, value_name = "MODEL")]
     model: Option<PathBuf>,
 }
 
@@ -371,9 +382,35 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct InfoArgs {
-    /// Also describe this GGUF model file
-    #[arg(long, value_name = "FILE")]
+    /// Also describe this model: a GGUF file, a Hugging Face checkpoint directory or repo id
+    #[arg(long, value_name = "MODEL")]
     model: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    /// 4 bytes a weight; exact for every GGUF type sinkstream reads
+    F32,
+    /// 2 bytes a weight, 10-bit mantissa: rounds quantised weights slightly
+    F16,
+    /// 2 bytes a weight, 7-bit mantissa: rounds more, never overflows
+    Bf16,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The model to convert: a .gguf file (a Hugging Face directory or repo id also works, to
+    /// change its dtype)
+    #[arg(value_name = "MODEL")]
+    model: PathBuf,
+    /// The checkpoint directory to create; it must not exist yet. The files are written into a
+    /// hidden directory beside it and renamed at the end, so a failed or interrupted conversion
+    /// leaves nothing under this name
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Element type of the written weights
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
 }
 
 fn main() -> ExitCode {
@@ -385,6 +422,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => compare(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
+        Command::Convert(a) => convert(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -409,9 +447,16 @@ fn model_path(arg: &ModelArgs) -> Result<PathBuf> {
     if let Some(p) = candidates.iter().find(|p| p.exists()) {
         return Ok(p.clone());
     }
+    // Not a path here: a repo id such as HuggingFaceTB/SmolLM2-135M-Instruct?
+    if let Some(id) = arg.model.as_ref().and_then(|p| p.to_str()) {
+        if hub::is_repo_id(id) {
+            let h = hub::Hub::from_env()?;
+            return Ok(h.resolve(id)?);
+        }
+    }
     let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
     bail!(
-        "model file not found ({}); run scripts/fetch-model.sh to download the default model, or pass --model FILE",
+        "model not found ({}); run scripts/fetch-model.sh to download the default model, or pass --model with a .gguf file, a Hugging Face checkpoint directory or a repo id such as HuggingFaceTB/SmolLM2-135M-Instruct",
         looked.join(", ")
     )
 }
@@ -1220,6 +1265,12 @@ fn info(a: InfoArgs) -> Result<()> {
             .map(|t| t.rows * t.cols)
             .sum();
         println!("model        {}", path.display());
+        let format = if path.is_dir() || path.extension().is_some_and(|e| e != "gguf") {
+            "Hugging Face checkpoint (safetensors, tokenizer.json)"
+        } else {
+            "GGUF"
+        };
+        println!("  format           {format}");
         let dtype = m
             .weights
             .layers
@@ -1254,6 +1305,63 @@ fn info(a: InfoArgs) -> Result<()> {
             .map(|&id| format!("{id} {:?}", m.tokenizer.token_str(id)))
             .collect();
         println!("  stop tokens      {}", stop.join(", "));
+        println!(
+            "  tied LM head     {}",
+            if m.weights.lm_head.is_none() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        let biased = m.weights.layers.iter().any(|l| l.bq.is_some());
+        println!("  q/k/v biases     {}", if biased { "yes" } else { "no" });
     }
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    // Fail on the output before spending seconds loading the model.
+    if a.out.exists() {
+        bail!(
+            "{} already exists; remove it or choose another --out",
+            a.out.display()
+        );
+    }
+    let dtype = match a.dtype {
+        DTypeArg::F32 => OutDType::F32,
+        DTypeArg::F16 => OutDType::F16,
+        DTypeArg::Bf16 => OutDType::BF16,
+    };
+    let path = model_path(&ModelArgs {
+        model: Some(a.model.clone()),
+    })?;
+    let t0 = Instant::now();
+    let m = Model::load(&path)?;
+    let tmp = hf_convert::temp_dir_for(&a.out)?;
+    // Ctrl-C: remove the partial output, so only a finished checkpoint is ever left behind.
+    let cleanup = tmp.clone();
+    ctrlc::set_handler(move || {
+        let _ = std::fs::remove_dir_all(&cleanup);
+        eprintln!();
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+    let total = hf_convert::weights_bytes(&m, dtype);
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes}, {bytes_per_sec}, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    hf_convert::write_dir(&m, dtype, &a.out, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "sinkstream: wrote {} ({} weights, {:.1} MB) from {} in {:.1} s",
+        a.out.display(),
+        dtype.torch_name(),
+        total as f64 / 1e6,
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -216,14 +216,26 @@ impl Model {
         })
     }
 
-    /// Loads a model file from disk (GGUF).
+    /// Loads a model from disk: a GGUF file, or a Hugging Face checkpoint directory (also when
+    /// given one of its files: config.json, *.safetensors, the index).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: &std::path::Path) -> Result<Model> {
         if path.is_dir() {
-            return Err(Error::Io(format!(
-                "{} is a directory; pass a .gguf model file",
-                path.display()
-            )));
+            return Model::load_hf_dir(path);
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let (Some(name), Some(dir)) = (name, path.parent()) {
+            let hf_file = name == crate::hf::CONFIG
+                || name == crate::hf::INDEX
+                || name.ends_with(".safetensors");
+            if hf_file && dir.join(crate::hf::CONFIG).is_file() {
+                let dir = if dir.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    dir
+                };
+                return Model::load_hf_dir(dir);
+            }
         }
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Io(format!("cannot read model {}: {e}", path.display())))?;
@@ -298,7 +310,13 @@ fn gguf_config(g: &Gguf) -> Result<Config> {
             .get_f64(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-5) as f32,
         rope_theta,
-        rope_layout: RopeLayout::Adjacent,
+        // llama.cpp permutes the Q/K rows of Llama-style models for adjacent-pair RoPE; Qwen2
+        // keeps the Hugging Face layout (llama.cpp's "NEOX" rope type).
+        rope_layout: if arch == "qwen2" {
+            RopeLayout::Half
+        } else {
+            RopeLayout::Adjacent
+        },
         rope_freqs: Config::default_rope_freqs(rope_theta, head_dim),
         context_len: g.get_u64(&key("context_length"))?.unwrap_or(2048) as usize,
     };
@@ -331,8 +349,8 @@ fn gguf_tensor(g: &Gguf, bytes: &[u8], name: &str) -> Result<HostTensor> {
     Ok(ht)
 }
 
-/// Norm weights are tiny: keep them f32 whatever the file has.
-fn f32_vector(t: HostTensor) -> HostTensor {
+/// Norm weights and biases are tiny: keep them f32 whatever the file has.
+pub(crate) fn f32_vector(t: HostTensor) -> HostTensor {
     if t.dtype == DType::F32 {
         return t;
     }

@@ -360,6 +360,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary string of an id as tokenizer.json stores it ("<|im_start|>", "Ġthe").
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Human readable text of one token (decoded bytes, lossy), for visualisations.
     pub fn token_str(&self, id: u32) -> String {
         String::from_utf8_lossy(&self.token_bytes(id)).into_owned()

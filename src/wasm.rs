@@ -27,6 +27,7 @@ use crate::engine::{GpuModel, Session, Stats};
 use crate::error::Error;
 use crate::generate::{turn_text, Generator, Timing};
 use crate::gpu::Gpu;
+use crate::hf::{self, CheckpointFiles, MemoryFiles};
 use crate::model::{Config, Model};
 use crate::sampler::{Sampler, SamplingConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -546,11 +547,19 @@ pub struct Engine {
 }
 
 fn progress(f: &Option<Function>, phase: &str, loaded: f64, total: f64) {
+    progress_file(f, phase, loaded, total, None)
+}
+
+/// Progress of one file of a checkpoint (`file` names it).
+fn progress_file(f: &Option<Function>, phase: &str, loaded: f64, total: f64, file: Option<&str>) {
     if let Some(f) = f {
         let o = Object::new();
         set(&o, "phase", phase);
         set(&o, "loaded", loaded);
         set(&o, "total", total);
+        if let Some(name) = file {
+            set(&o, "file", name);
+        }
         if let Err(e) = f.call1(&JsValue::NULL, &o) {
             web_sys::console::warn_1(&format!("onProgress threw: {}", describe(&e)).into());
         }
@@ -581,6 +590,7 @@ async fn read_body(
     resp: &web_sys::Response,
     phase: &str,
     on_progress: &Option<Function>,
+    file: Option<&str>,
 ) -> Result<Vec<u8>, JsValue> {
     let total = resp
         .headers()
@@ -597,7 +607,7 @@ async fn read_body(
     let mut out: Vec<u8> = Vec::new();
     out.try_reserve_exact(total as usize)
         .map_err(|_| too_large(total))?;
-    progress(on_progress, phase, 0.0, total);
+    progress_file(on_progress, phase, 0.0, total, file);
     loop {
         let r = JsFuture::from(reader.read())
             .await
@@ -614,11 +624,12 @@ async fn read_body(
             .map_err(|_| too_large(grown))?;
         out.resize(n + chunk.length() as usize, 0);
         chunk.copy_to(&mut out[n..]);
-        progress(
+        progress_file(
             on_progress,
             phase,
             out.len() as f64,
             total.max(out.len() as f64),
+            file,
         );
     }
     Ok(out)
@@ -641,9 +652,89 @@ async fn open_cache(name: &str) -> Option<web_sys::Cache> {
     }
 }
 
+/// One file from Cache Storage or the network, with progress. `Ok(None)`: an optional file the
+/// server does not have (404). The bool says whether it was stored into the cache just now.
+async fn fetch_file(
+    url: &str,
+    file: Option<&str>,
+    cache: &Option<web_sys::Cache>,
+    on_progress: &Option<Function>,
+    optional: bool,
+) -> Result<Option<(Vec<u8>, bool)>, JsValue> {
+    let mut cached = None;
+    if let Some(c) = cache {
+        if let Ok(hit) = JsFuture::from(c.match_with_str(url)).await {
+            if !hit.is_undefined() {
+                cached = Some(hit.unchecked_into::<web_sys::Response>());
+            }
+        }
+    }
+    let from_cache = cached.is_some();
+    let (resp, phase) = match cached {
+        Some(r) => (r, "cache"),
+        None => {
+            let p = global_fetch(url)
+                .map_err(|e| js_error(format!("cannot fetch {url}: {}", describe(&e))))?;
+            let r = JsFuture::from(p).await.map_err(|e| {
+                js_error(format!(
+                    "cannot fetch {url}: {} (is the server running, and is the URL on this origin or CORS-enabled?)",
+                    describe(&e)
+                ))
+            })?;
+            (r.unchecked_into::<web_sys::Response>(), "download")
+        }
+    };
+    if optional && resp.status() == 404 {
+        return Ok(None);
+    }
+    if !resp.ok() {
+        return Err(js_error(format!(
+            "cannot fetch {url}: HTTP {} {}",
+            resp.status(),
+            resp.status_text()
+        )));
+    }
+    let mut data = read_body(&resp, phase, on_progress, file).await?;
+    let mut put = false;
+    if let (Some(c), false) = (cache, from_cache) {
+        // The body is copied by the Response constructor; an entry that then fails to load as
+        // a model is deleted again by the caller.
+        match web_sys::Response::new_with_opt_u8_array(Some(&mut data)) {
+            Ok(r) => match JsFuture::from(c.put_with_str(url, &r)).await {
+                Ok(_) => put = true,
+                Err(e) => web_sys::console::warn_1(
+                    &format!("sinkstream: could not cache {url}: {}", describe(&e)).into(),
+                ),
+            },
+            Err(e) => web_sys::console::warn_1(&e),
+        }
+    }
+    Ok(Some((data, put)))
+}
+
+/// `base` + `file` through `fetch_file`, remembering what went into the cache.
+async fn dir_file(
+    base: &str,
+    file: &str,
+    optional: bool,
+    cache: &Option<web_sys::Cache>,
+    on_progress: &Option<Function>,
+    stored: &mut Vec<String>,
+) -> Result<Option<Vec<u8>>, JsValue> {
+    let url = format!("{base}{file}");
+    let got = fetch_file(&url, Some(file), cache, on_progress, optional).await?;
+    Ok(got.map(|(data, put)| {
+        if put {
+            stored.push(url);
+        }
+        data
+    }))
+}
+
 #[wasm_bindgen]
 impl Engine {
-    /// Loads a GGUF model from a `Uint8Array` or `ArrayBuffer`. Options: `name` (for messages),
+    /// Loads a GGUF model from a `Uint8Array` or `ArrayBuffer` (a Hugging Face checkpoint is
+    /// several files: `fromFiles`). Options: `name` (for messages),
     /// `onProgress({phase, loaded, total})`, `system` (chat system prompt), the cache settings
     /// (`policy`, `sinks`, `window`, `maxContext`, `batch`) and the sampling settings
     /// (`temperature`, `topK`, `topP`, `repetitionPenalty`, `seed`).
@@ -662,12 +753,16 @@ impl Engine {
         let data = arr.to_vec();
         let opts = Opts::new(&options, "options", &all_load_keys())?;
         let name = opts.string("name")?.unwrap_or_else(|| "model.gguf".into());
-        Engine::build(data, &name, &opts).await
+        Engine::build(move || Model::from_gguf_bytes(&data, &name), &opts).await
     }
 
-    /// Fetches a GGUF model and loads it, reporting download progress. With `cacheName` (for
-    /// example "sinkstream-models") the file is kept in Cache Storage and later loads of the same
-    /// URL read it from there instead of the network.
+    /// Fetches a model and loads it, reporting download progress: a GGUF file, or a Hugging Face
+    /// checkpoint directory when the URL ends with "/" (config.json, tokenizer.json,
+    /// tokenizer_config.json when present, chat_template.jinja when it holds no template,
+    /// model.safetensors or the
+    /// index and its shards). With `cacheName` (for example "sinkstream-models") the files are
+    /// kept in Cache Storage and later loads of the same URL read them from there instead of
+    /// the network.
     #[wasm_bindgen(js_name = fromUrl)]
     pub async fn from_url(url: String, options: JsValue) -> Result<Engine, JsValue> {
         let opts = Opts::new(&options, "options", &all_load_keys())?;
@@ -676,76 +771,171 @@ impl Engine {
             Some(n) => open_cache(&n).await,
             None => None,
         };
-        let mut cached = None;
-        if let Some(c) = &cache {
-            if let Ok(hit) = JsFuture::from(c.match_with_str(&url)).await {
-                if !hit.is_undefined() {
-                    cached = Some(hit.unchecked_into::<web_sys::Response>());
-                }
-            }
-        }
-        let from_cache = cached.is_some();
-        let (resp, phase) = match cached {
-            Some(r) => (r, "cache"),
-            None => {
-                let p = global_fetch(&url)
-                    .map_err(|e| js_error(format!("cannot fetch {url}: {}", describe(&e))))?;
-                let r = JsFuture::from(p).await.map_err(|e| {
-                    js_error(format!(
-                        "cannot fetch {url}: {} (is the server running, and is the URL on this origin or CORS-enabled?)",
-                        describe(&e)
-                    ))
-                })?;
-                (r.unchecked_into::<web_sys::Response>(), "download")
-            }
-        };
-        if !resp.ok() {
-            return Err(js_error(format!(
-                "cannot fetch {url}: HTTP {} {}",
-                resp.status(),
-                resp.status_text()
-            )));
-        }
-        let mut data = read_body(&resp, phase, &on_progress).await?;
         let name = opts.string("name")?.unwrap_or_else(|| url.clone());
-        let store = match (&cache, from_cache) {
-            (Some(c), false) => Some((c.clone(), url.clone())),
-            _ => None,
-        };
-        if let Some((c, key)) = &store {
-            // The body is copied by the Response constructor; an entry that then fails to load
-            // as a model is deleted again below.
-            match web_sys::Response::new_with_opt_u8_array(Some(&mut data)) {
-                Ok(r) => {
-                    if let Err(e) = JsFuture::from(c.put_with_str(key, &r)).await {
-                        web_sys::console::warn_1(
-                            &format!("sinkstream: could not cache the model: {}", describe(&e))
-                                .into(),
-                        );
+        let mut stored = Vec::new();
+        let out = if url.ends_with('/') {
+            Engine::from_dir_url(&url, &name, &opts, &cache, &on_progress, &mut stored).await
+        } else {
+            match fetch_file(&url, None, &cache, &on_progress, false).await {
+                Ok(Some((data, put))) => {
+                    if put {
+                        stored.push(url.clone());
                     }
+                    Engine::build(move || Model::from_gguf_bytes(&data, &name), &opts).await
                 }
-                Err(e) => web_sys::console::warn_1(&e),
+                Ok(None) => Err(js_error(format!("cannot fetch {url}"))),
+                Err(e) => Err(e),
             }
-        }
-        let out = Engine::build(data, &name, &opts).await;
+        };
+        // Files that do not make a model must not be served from the cache next time.
         if out.is_err() {
             if let Some(c) = &cache {
-                let _ = JsFuture::from(c.delete_with_str(&url)).await;
+                for u in &stored {
+                    let _ = JsFuture::from(c.delete_with_str(u)).await;
+                }
             }
         }
         out
     }
 
+    /// The files of a Hugging Face checkpoint directory at `base` (ending with "/").
+    async fn from_dir_url(
+        base: &str,
+        name: &str,
+        opts: &Opts,
+        cache: &Option<web_sys::Cache>,
+        on_progress: &Option<Function>,
+        stored: &mut Vec<String>,
+    ) -> Result<Engine, JsValue> {
+        let mut files = MemoryFiles::new();
+        let mut total = 0.0;
+        for (file, optional) in [
+            (hf::CONFIG, false),
+            (hf::TOKENIZER, false),
+            (hf::TOKENIZER_CONFIG, true),
+        ] {
+            if let Some(d) = dir_file(base, file, optional, cache, on_progress, stored).await? {
+                files.insert(file, d);
+            }
+        }
+        // chat_template.jinja only exists where tokenizer_config.json has no template: asking for
+        // it otherwise would only log a 404 in the console.
+        let has_template = files.peek(hf::TOKENIZER_CONFIG).is_some_and(|b| {
+            serde_json::from_slice::<serde_json::Value>(b)
+                .is_ok_and(|j| j.get("chat_template").is_some_and(|t| !t.is_null()))
+        });
+        if !has_template {
+            if let Some(d) =
+                dir_file(base, hf::CHAT_TEMPLATE, true, cache, on_progress, stored).await?
+            {
+                files.insert(hf::CHAT_TEMPLATE, d);
+            }
+        }
+        match dir_file(base, hf::WEIGHTS, true, cache, on_progress, stored).await? {
+            Some(d) => files.insert(hf::WEIGHTS, d),
+            None => {
+                let index = dir_file(base, hf::INDEX, true, cache, on_progress, stored)
+                    .await?
+                    .ok_or_else(|| {
+                        js_error(format!(
+                        "{base} has neither {} nor {}: is it a Hugging Face checkpoint directory?",
+                        hf::WEIGHTS,
+                        hf::INDEX
+                    ))
+                    })?;
+                let shards = hf::shard_names(&index)?;
+                files.insert(hf::INDEX, index);
+                for shard in shards {
+                    let d = dir_file(base, &shard, false, cache, on_progress, stored)
+                        .await?
+                        .unwrap_or_default();
+                    total += d.len() as f64;
+                    check_model_size(total)?;
+                    files.insert(&shard, d);
+                }
+            }
+        }
+        let name = name.to_string();
+        Engine::build(move || Model::from_hf_files(&mut files, &name), opts).await
+    }
+
+    /// Loads a model from a set of files given as bytes: a `Map` or a plain object from file
+    /// name to `Uint8Array` or `ArrayBuffer`. A Hugging Face checkpoint needs config.json,
+    /// tokenizer.json and model.safetensors (or model.safetensors.index.json and its shards);
+    /// tokenizer_config.json (the chat template) is read when given. Directory parts of names
+    /// ("SmolLM2/config.json", from a picked folder) are ignored. A set holding a .gguf file and
+    /// no config.json loads the GGUF. Options as `fromBytes`.
+    #[wasm_bindgen(js_name = fromFiles)]
+    pub async fn from_files(files: JsValue, options: JsValue) -> Result<Engine, JsValue> {
+        let opts = Opts::new(&options, "options", &all_load_keys())?;
+        let entries: Vec<(JsValue, JsValue)> = if let Some(m) = files.dyn_ref::<js_sys::Map>() {
+            let mut v = Vec::new();
+            m.for_each(&mut |value, key| v.push((key, value)));
+            v
+        } else if files.is_object() && !files.is_function() && !Array::is_array(&files) {
+            Object::entries(files.unchecked_ref::<Object>())
+                .iter()
+                .map(|e| {
+                    let e: Array = e.unchecked_into();
+                    (e.get(0), e.get(1))
+                })
+                .collect()
+        } else {
+            return Err(js_error(
+                "fromFiles needs a Map or an object from file name to Uint8Array or ArrayBuffer",
+            ));
+        };
+        let mut mem = MemoryFiles::new();
+        let mut gguf = None;
+        let mut total = 0.0;
+        for (key, value) in entries {
+            let name = key
+                .as_string()
+                .ok_or_else(|| js_error("fromFiles: file names must be strings"))?;
+            let arr = if let Some(a) = value.dyn_ref::<Uint8Array>() {
+                a.clone()
+            } else if let Some(b) = value.dyn_ref::<js_sys::ArrayBuffer>() {
+                Uint8Array::new(b)
+            } else {
+                return Err(js_error(format!(
+                    "fromFiles: {name} must be a Uint8Array or an ArrayBuffer"
+                )));
+            };
+            total += arr.length() as f64;
+            check_model_size(total)?;
+            if name.ends_with(".gguf") {
+                gguf = Some((name, arr.to_vec()));
+            } else {
+                mem.insert(&name, arr.to_vec());
+            }
+        }
+        match gguf {
+            Some((gname, data)) if !mem.contains(hf::CONFIG) => {
+                let name = opts.string("name")?.unwrap_or(gname);
+                Engine::build(move || Model::from_gguf_bytes(&data, &name), &opts).await
+            }
+            _ => {
+                let name = opts
+                    .string("name")?
+                    .unwrap_or_else(|| "the Hugging Face checkpoint".into());
+                Engine::build(move || Model::from_hf_files(&mut mem, &name), &opts).await
+            }
+        }
+    }
+
     // The engine's API shares the device and weights through Arc; on wasm32 nothing is Send
     // and there is one thread, so the Arc is only a reference count.
     #[allow(clippy::arc_with_non_send_sync)]
-    async fn build(data: Vec<u8>, name: &str, opts: &Opts) -> Result<Engine, JsValue> {
+    async fn build(
+        parse: impl FnOnce() -> Result<Model, Error>,
+        opts: &Opts,
+    ) -> Result<Engine, JsValue> {
         let on_progress = opts.func("onProgress")?;
         let system = opts.string("system")?;
         progress(&on_progress, "parse", 0.0, 0.0);
         yield_now().await;
-        let model = Model::from_gguf_bytes(&data, name)?;
-        drop(data);
+        // The file bytes live in `parse` and are freed when it returns.
+        let model = parse()?;
         let cache = CacheSettings::defaults(&model.config).merged(opts)?;
         let sampling = merged_sampling(SamplingConfig::default(), opts)?;
         progress(&on_progress, "gpu", 0.0, 0.0);

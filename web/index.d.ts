@@ -33,6 +33,8 @@ export interface Progress {
   loaded: number;
   /** 0 when unknown. */
   total: number;
+  /** The file being read, when a checkpoint of several files is loaded. */
+  file?: string;
 }
 
 export interface LoadOptions extends CacheOptions, SamplingOptions {
@@ -153,7 +155,26 @@ export declare class Sinkstream {
   free(): void;
 }
 
-export type ModelSource = string | URL | Blob | Response | ArrayBuffer | Uint8Array;
+/** One file of a Hugging Face checkpoint: its bytes, a Blob/File, or a URL to fetch. */
+export type CheckpointFile = Uint8Array | ArrayBuffer | Blob | string | URL;
+
+/**
+ * A URL of a .gguf file or of a checkpoint directory (ending with "/"); a .gguf as a Blob,
+ * Response, ArrayBuffer or Uint8Array; or a Hugging Face checkpoint's files (config.json,
+ * tokenizer.json, tokenizer_config.json, model.safetensors or the index and its shards) as a
+ * FileList, an array of Files, or a Map/object from file name to file.
+ */
+export type ModelSource =
+  | string
+  | URL
+  | Blob
+  | Response
+  | ArrayBuffer
+  | Uint8Array
+  | FileList
+  | File[]
+  | Map<string, CheckpointFile>
+  | Record<string, CheckpointFile>;
 
 export declare function load(source: ModelSource, options?: LoadOptions): Promise<Sinkstream>;
 export declare function init(wasmUrl?: string | URL): Promise<unknown>;

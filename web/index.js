@@ -55,11 +55,18 @@ export async function checkWebGPU() {
 }
 
 /**
- * Loads a GGUF model and returns a `Sinkstream`. `source` is a URL (string or URL), a `File` or
- * `Blob`, a `Response`, an `ArrayBuffer` or a `Uint8Array`. Options: `onProgress({phase, loaded,
- * total})`, `cacheName` (Cache Storage name for URLs; default "sinkstream-models", `null` to not
- * cache), `system`, cache settings (`policy`, `sinks`, `window`, `maxContext`, `batch`),
- * sampling settings (`temperature`, `topK`, `topP`, `repetitionPenalty`, `seed`), `wasmUrl`.
+ * Loads a model and returns a `Sinkstream`. `source` is one of:
+ * - a URL (string or URL) of a .gguf file, or of a Hugging Face checkpoint directory when it ends
+ *   with "/" (config.json, tokenizer.json, tokenizer_config.json, model.safetensors or the index
+ *   and its shards are fetched from it);
+ * - a `File` or `Blob` (a .gguf), a `Response`, an `ArrayBuffer` or a `Uint8Array` (a .gguf);
+ * - the files of a Hugging Face checkpoint: a `FileList` or an array of `File`s (a picked
+ *   folder or several picked files), or a `Map`/plain object from file name to `Uint8Array`,
+ *   `ArrayBuffer`, `Blob` or URL.
+ * Options: `onProgress({phase, loaded, total, file})`, `cacheName` (Cache Storage name for URLs;
+ * default "sinkstream-models", `null` to not cache), `system`, cache settings (`policy`, `sinks`,
+ * `window`, `maxContext`, `batch`), sampling settings (`temperature`, `topK`, `topP`,
+ * `repetitionPenalty`, `seed`), `wasmUrl`.
  */
 export async function load(source, options = {}) {
   const { wasmUrl, ...opts } = options;
@@ -70,6 +77,9 @@ export async function load(source, options = {}) {
     if (!("cacheName" in opts)) opts.cacheName = DEFAULT_CACHE_NAME;
     if (opts.cacheName === null) delete opts.cacheName;
     engine = await Engine.fromUrl(url, opts);
+  } else if (isFileSet(source)) {
+    delete opts.cacheName;
+    engine = await Engine.fromFiles(await readFileSet(source, opts.onProgress), opts);
   } else {
     delete opts.cacheName;
     let bytes = source;
@@ -85,17 +95,54 @@ export async function load(source, options = {}) {
   return new Sinkstream(engine);
 }
 
-async function readWithProgress(stream, total, onProgress) {
+/** Several files (a checkpoint) rather than one model file. */
+function isFileSet(source) {
+  if (typeof FileList !== "undefined" && source instanceof FileList) return true;
+  if (Array.isArray(source) || source instanceof Map) return true;
+  if (source === null || typeof source !== "object") return false;
+  if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) return false;
+  if (typeof Blob !== "undefined" && source instanceof Blob) return false;
+  if (typeof Response !== "undefined" && source instanceof Response) return false;
+  return true;
+}
+
+/** A Map from file name to bytes, reading Files/Blobs and fetching URLs (with progress). */
+async function readFileSet(source, onProgress) {
+  let entries;
+  if (source instanceof Map) entries = [...source.entries()];
+  else if (Array.isArray(source) || (typeof FileList !== "undefined" && source instanceof FileList)) {
+    // A picked folder's files carry their path in webkitRelativePath; the name is enough.
+    entries = [...source].map((f) => [f.webkitRelativePath || f.name, f]);
+  } else entries = Object.entries(source);
+  const out = new Map();
+  for (const [name, value] of entries) {
+    const file = name.split(/[\\/]/).pop();
+    const report = onProgress ? (p) => onProgress({ ...p, file }) : undefined;
+    let bytes = value;
+    if (typeof Blob !== "undefined" && value instanceof Blob) {
+      bytes = await readWithProgress(value.stream(), value.size, report);
+    } else if (typeof value === "string" || value instanceof URL) {
+      const r = await fetch(String(value));
+      if (!r.ok) throw new Error(`cannot fetch ${value}: HTTP ${r.status} ${r.statusText}`);
+      const total = Number(r.headers.get("content-length")) || 0;
+      bytes = await readWithProgress(r.body, total, report, "download");
+    }
+    out.set(name, bytes);
+  }
+  return out;
+}
+
+async function readWithProgress(stream, total, onProgress, phase = "read") {
   const chunks = [];
   let loaded = 0;
   const reader = stream.getReader();
-  onProgress?.({ phase: "read", loaded, total });
+  onProgress?.({ phase, loaded, total });
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
     chunks.push(value);
     loaded += value.length;
-    onProgress?.({ phase: "read", loaded, total: Math.max(total, loaded) });
+    onProgress?.({ phase, loaded, total: Math.max(total, loaded) });
   }
   const out = new Uint8Array(loaded);
   let at = 0;

@@ -197,3 +197,166 @@ pub fn tiny_model(spec: &TinySpec, seed: u64) -> (Config, Weights) {
     w.validate(&config).unwrap();
     (config, w)
 }
+
+// ---- Hugging Face checkpoints written by the tests ----
+
+/// A directory removed when dropped (also when the test panics).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the build's target directory (large files stay off /tmp).
+    pub fn new(name: &str) -> TempDir {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("test-tmp")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A byte-level BPE tokenizer.json of exactly `vocab` tokens (at least 101): 3 special tokens,
+/// "Ġ" (space), "Ċ" (newline), the 94 printable ASCII characters, "ab", "Ġa", then fillers.
+pub fn tiny_tokenizer_json(vocab: usize) -> String {
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "Ġ", "Ċ"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    tokens.extend(('!'..='~').map(|c| c.to_string()));
+    tokens.push("ab".into());
+    tokens.push("Ġa".into());
+    let mut k = 0;
+    while tokens.len() < vocab {
+        tokens.push(format!("<|extra_{k}|>"));
+        k += 1;
+    }
+    assert_eq!(tokens.len(), vocab);
+    let v: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": v, "merges": ["a b", "Ġ a"]}
+    })
+    .to_string()
+}
+
+/// The HF name of each tensor of a tiny model (tiny_model's own names are GGUF-like).
+pub fn hf_tensors(w: &Weights) -> Vec<(String, &HostTensor)> {
+    let mut out: Vec<(String, &HostTensor)> = vec![
+        ("model.embed_tokens.weight".into(), &w.embed),
+        ("model.norm.weight".into(), &w.final_norm),
+    ];
+    if let Some(h) = &w.lm_head {
+        out.push(("lm_head.weight".into(), h));
+    }
+    for (i, l) in w.layers.iter().enumerate() {
+        let n = |s: &str| format!("model.layers.{i}.{s}");
+        out.push((n("input_layernorm.weight"), &l.attn_norm));
+        out.push((n("post_attention_layernorm.weight"), &l.ffn_norm));
+        out.push((n("self_attn.q_proj.weight"), &l.wq));
+        out.push((n("self_attn.k_proj.weight"), &l.wk));
+        out.push((n("self_attn.v_proj.weight"), &l.wv));
+        out.push((n("self_attn.o_proj.weight"), &l.wo));
+        out.push((n("mlp.gate_proj.weight"), &l.w_gate));
+        out.push((n("mlp.up_proj.weight"), &l.w_up));
+        out.push((n("mlp.down_proj.weight"), &l.w_down));
+        for (s, b) in [("q", &l.bq), ("k", &l.bk), ("v", &l.bv)] {
+            if let Some(b) = b {
+                out.push((n(&format!("self_attn.{s}_proj.bias")), b));
+            }
+        }
+    }
+    out
+}
+
+/// model.safetensors of a tiny model, written with the safetensors crate (F32, F16 or BF16 as
+/// the tensors are; vectors 1-D as transformers stores them).
+pub fn tiny_safetensors(w: &Weights) -> Vec<u8> {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let views: Vec<(String, TensorView)> = hf_tensors(w)
+        .into_iter()
+        .map(|(name, t)| {
+            let dt = match t.dtype {
+                DType::F32 => Dtype::F32,
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+                other => panic!("{other:?} has no safetensors dtype"),
+            };
+            let vector = name.ends_with("norm.weight") || name.ends_with(".bias");
+            let shape = if vector {
+                vec![t.cols]
+            } else {
+                vec![t.rows, t.cols]
+            };
+            (name, TensorView::new(dt, shape, &t.data).unwrap())
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// config.json of a tiny model: Qwen2 when it has biases, else Llama.
+pub fn tiny_config_json(c: &Config, w: &Weights) -> serde_json::Value {
+    let qwen = w.layers[0].bq.is_some();
+    serde_json::json!({
+        "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+        "model_type": if qwen { "qwen2" } else { "llama" },
+        "hidden_size": c.dim,
+        "intermediate_size": c.ffn_dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.context_len,
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "vocab_size": c.vocab,
+        "tie_word_embeddings": w.lm_head.is_none(),
+        "torch_dtype": "float32",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    })
+}
+
+/// Writes a tiny model as a Hugging Face checkpoint directory into `dir`.
+pub fn write_tiny_checkpoint(dir: &std::path::Path, c: &Config, w: &Weights) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = serde_json::to_string_pretty(&tiny_config_json(c, w)).unwrap();
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    std::fs::write(dir.join("model.safetensors"), tiny_safetensors(w)).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json(c.vocab)).unwrap();
+    let tc = serde_json::json!({
+        "bos_token": "<|im_start|>",
+        "eos_token": {"content": "<|im_end|>", "special": true},
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+}

@@ -527,9 +527,17 @@ $("new-chat").addEventListener("click", () => {
   queueDraw();
 });
 $("load-default").addEventListener("click", () => loadModel(MODEL_URL, MODEL_URL.split("/").pop()));
+/** One .gguf, or the files of a Hugging Face checkpoint (those with a config.json). */
+function pickedModel(files) {
+  const list = [...(files || [])];
+  if (list.some((f) => f.name === "config.json")) return [list, "Hugging Face checkpoint"];
+  const f = list.find((f) => f.name.endsWith(".gguf")) || list[0];
+  return f ? [f, f.name] : [null, null];
+}
+
 $("file").addEventListener("change", (ev) => {
-  const f = ev.target.files[0];
-  if (f) loadModel(f, f.name);
+  const [source, label] = pickedModel(ev.target.files);
+  if (source) loadModel(source, label);
 });
 document.addEventListener("dragover", (ev) => {
   ev.preventDefault();
@@ -541,8 +549,8 @@ document.addEventListener("dragleave", (ev) => {
 document.addEventListener("drop", (ev) => {
   ev.preventDefault();
   document.body.classList.remove("dragging");
-  const f = [...(ev.dataTransfer?.files || [])].find((f) => f.name.endsWith(".gguf")) || ev.dataTransfer?.files[0];
-  if (f && demo.state !== "no-webgpu") loadModel(f, f.name);
+  const [source, label] = pickedModel(ev.dataTransfer?.files);
+  if (source && demo.state !== "no-webgpu") loadModel(source, label);
 });
 window.addEventListener("unhandledrejection", (ev) => showError(ev.reason));
 

@@ -1,7 +1,9 @@
 // The npm package as a user gets it: `npm pack` in web/, install the tarball into a scratch
 // project, import "sinkstream" from a page in headless Chromium through an import map, generate 10
 // tokens greedily, and check they equal the native binary's greedy tokens for the same prompt
-// (target/release/sinkstream generate --temperature 0).
+// (target/release/sinkstream generate --temperature 0). Then the same for a Hugging Face
+// checkpoint directory (the default model converted to f16 by `sinkstream convert`), loaded from
+// its URL: load("./smollm2-hf/").
 //
 //   node web/test/package.mjs        (after scripts/build-web.sh and cargo build --release)
 import { execFileSync } from "node:child_process";
@@ -12,6 +14,7 @@ import { ROOT, MODEL, launch, startServer, freePort, log, watchConsole, check } 
 
 const PROMPT = "The capital of France is Paris. The capital of Germany is";
 const TOKENS = 10;
+const HF_TOKENS = 5;
 const t0 = Date.now();
 
 // The native reference.
@@ -27,7 +30,6 @@ const native = execFileSync(
    "--model", join(ROOT, "models", MODEL)],
   { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, XDG_RUNTIME_DIR: xdg } },
 );
-rmSync(xdg, { recursive: true, force: true });
 log(`native greedy: ${JSON.stringify(native)}`);
 
 // npm pack, then install the tarball into a scratch project.
@@ -48,6 +50,16 @@ execFileSync("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", t
 const installed = JSON.parse(readFileSync(join(app, "node_modules/sinkstream/package.json"), "utf8"));
 check(installed.name === "sinkstream" && installed.types === "./index.d.ts", "installed sinkstream with its types");
 symlinkSync(join(ROOT, "models", MODEL), join(app, MODEL));
+// The Hugging Face checkpoint, and the native binary's greedy tokens on it.
+const hfDir = join(app, "smollm2-hf");
+execFileSync(bin, ["convert", join(ROOT, "models", MODEL), "--out", hfDir, "--dtype", "f16"], { stdio: ["ignore", "ignore", "inherit"] });
+const nativeHf = execFileSync(
+  bin,
+  ["generate", "--temperature", "0", "--max-tokens", String(HF_TOKENS), "--prompt", PROMPT, "--model", hfDir],
+  { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, XDG_RUNTIME_DIR: xdg } },
+);
+rmSync(xdg, { recursive: true, force: true });
+log(`native greedy on the f16 checkpoint: ${JSON.stringify(nativeHf)}`);
 writeFileSync(
   join(app, "index.html"),
   `<!doctype html><meta charset="utf-8"><title>package test</title>
@@ -59,7 +71,12 @@ try {
   const llm = await load("./${MODEL}", { temperature: 0, cacheName: null });
   const pieces = [];
   for await (const piece of llm.generate(${JSON.stringify(PROMPT)}, { maxTokens: ${TOKENS} })) pieces.push(piece);
-  window.result = { text: pieces.join(""), stats: llm.stats() };
+  const stats = llm.stats();
+  llm.free();
+  const files = [];
+  const hf = await load("./smollm2-hf/", { temperature: 0, cacheName: null, onProgress: (p) => p.file && !files.includes(p.file) && files.push(p.file) });
+  const hfText = await hf.generate(${JSON.stringify(PROMPT)}, { maxTokens: ${HF_TOKENS} }).text();
+  window.result = { text: pieces.join(""), stats, hfText, hfInfo: hf.info(), files };
 } catch (e) {
   window.result = { error: String(e && e.message || e) };
 }
@@ -82,6 +99,9 @@ try {
   log(`browser greedy: ${JSON.stringify(r.text)}`);
   check(r.stats.generatedTokens === TOKENS, `the page generated ${TOKENS} tokens`);
   check(r.text === native, "the browser's greedy tokens equal the native binary's");
+  log(`browser greedy on the f16 checkpoint: ${JSON.stringify(r.hfText)} (files ${r.files.join(", ")})`);
+  check(r.hfInfo.layers === 30 && r.hfInfo.vocab === 49152, "the checkpoint directory loaded");
+  check(r.hfText === nativeHf, "the checkpoint's greedy tokens in the browser equal the native binary's");
   check(errors.length === 0, "no console errors");
   log(`package test passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 } finally {
