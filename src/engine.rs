@@ -182,9 +182,9 @@ impl GpuModel {
         max_bytes: u64,
     ) -> Result<GpuModel> {
         let c = config;
-        if c.head_dim % 4 != 0 || c.head_dim > 256 {
+        if c.head_dim % 8 != 0 || c.head_dim > 256 {
             return Err(Error::gpu(format!(
-                "head dimension {}: sinkstream's attention kernels need a multiple of 4 up to 256",
+                "head dimension {}: sinkstream's attention kernels need a multiple of 8 up to 256",
                 c.head_dim
             )));
         }
@@ -299,6 +299,9 @@ enum Grid {
     },
     /// (kv_heads, T, 1)
     PerHead(u32),
+    /// One dispatch of (kv_heads, 1, 1) per query, with dynamic offsets: the window at the
+    /// query's rows (of `row_floats`), the query index.
+    PerQuery { kv_heads: u32, row_floats: u32 },
 }
 
 struct Op {
@@ -326,6 +329,20 @@ impl Op {
             Grid::One => self.once(pass, (1, 1, 1)),
             Grid::Elements(n) => self.once(pass, ((n * t).div_ceil(256), 1, 1)),
             Grid::PerHead(h) => self.once(pass, (h, t, 1)),
+            Grid::PerQuery {
+                kv_heads,
+                row_floats,
+            } => {
+                for i in 0..t {
+                    pass.set_bind_group(
+                        0,
+                        &self.bind,
+                        &[i * row_floats * 4, i * TILE_STRIDE as u32],
+                    );
+                    pass.dispatch_workgroups(kv_heads, 1, 1);
+                }
+                t as u64
+            }
             Grid::Matmul { workgroups, k, tt } => {
                 let tt = if t > 1 { tt } else { 1 };
                 let n = tiles(tt);
@@ -591,7 +608,9 @@ impl Session {
         let xlast = gpu.windowed("xlast", dim as u64 * f)?;
         let qkv = gpu.storage("qkv", tb * qkv_stride as u64 * f)?;
         let qr = gpu.windowed("q_rotated", tb * 2 * qd as u64 * f)?;
-        let sc = gpu.storage("scores", tb * c.n_heads as u64 * slots as u64 * f)?;
+        // score rows padded to 64 floats, so that each query's rows start on a window offset
+        let lstride = slots.div_ceil(64) * 64;
+        let sc = gpu.windowed("scores", tb * c.n_heads as u64 * lstride as u64 * f)?;
         let att = gpu.windowed("attention_out", tb * qd as u64 * f)?;
         let act = gpu.windowed("swiglu", tb * ffn as u64 * f)?;
         let logits = gpu.storage("logits", tb * vocab as u64 * f)?;
@@ -667,7 +686,7 @@ impl Session {
                 rule.sinks as u32,
                 rule.window as u32,
                 scratch,
-                slots as u32,
+                lstride as u32,
                 (1.0 / (c.head_dim as f32).sqrt()).to_bits(),
             ],
         );
@@ -678,7 +697,7 @@ impl Session {
         let silu_dims = b.uniform("silu_dims", &[ffn as u32, 0, 0, 0]);
         let rk = 4.min(32 / group);
         let scores_consts = |tq: u32| [("G", group), ("RK", rk), ("TQ", tq)];
-        let wg_out = ((c.head_dim / 4).div_ceil(8) * 8) as u32;
+        let wg_out = ((c.head_dim / 8).div_ceil(8) * 8) as u32;
         let cache_rows = (slots + max_batch) as u64;
 
         for (li, l) in model.layers.iter().enumerate() {
@@ -751,19 +770,42 @@ impl Session {
             );
             op.multi = Some(gpu.pipeline(Kernel::AttnScores, &scores_consts(tq as u32)));
             body.push(op);
-            body.push(b.op(
-                "attention out",
-                Kernel::AttnOut,
-                &[("G", group), ("WG", wg_out)],
-                &[
-                    Bind::Whole(&step),
-                    Bind::Whole(&attn_dims),
-                    Bind::Whole(&sc),
-                    Bind::Whole(&vc),
-                    Bind::Whole(&att),
-                ],
-                Grid::PerHead(c.n_kv_heads as u32),
-            ));
+            // the scores of one query through a uniform window where they fit one
+            let row_floats = (c.n_heads * lstride) as u32;
+            body.push(if row_floats as usize <= WINDOW_FLOATS {
+                b.op(
+                    "attention out",
+                    Kernel::AttnOut,
+                    &[("G", group), ("WG", wg_out)],
+                    &[
+                        Bind::Whole(&step),
+                        Bind::Whole(&attn_dims),
+                        Bind::Window(&sc, UNIFORM_WINDOW),
+                        Bind::Whole(&vc),
+                        Bind::Whole(&att),
+                        Bind::Window(&tile, 16),
+                    ],
+                    Grid::PerQuery {
+                        kv_heads: c.n_kv_heads as u32,
+                        row_floats,
+                    },
+                )
+            } else {
+                b.op(
+                    "attention out",
+                    Kernel::AttnOutWide,
+                    &[("G", group), ("WG", wg_out)],
+                    &[
+                        Bind::Whole(&step),
+                        Bind::Whole(&attn_dims),
+                        Bind::Whole(&sc),
+                        Bind::Whole(&vc),
+                        Bind::Whole(&att),
+                        Bind::Whole(&tile),
+                    ],
+                    Grid::PerHead(c.n_kv_heads as u32),
+                )
+            });
             body.push(b.op(
                 "kv_write",
                 Kernel::KvWrite,

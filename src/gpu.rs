@@ -46,6 +46,8 @@ pub enum Kernel {
     KvWrite,
     AttnScores,
     AttnOut,
+    /// attn_out.wgsl reading its scores from storage, for caches too large for one window.
+    AttnOutWide,
     Select,
 }
 
@@ -70,6 +72,19 @@ impl Kernel {
             Kernel::KvWrite => KV_WRITE.into(),
             Kernel::AttnScores => format!("{ATTN_SCORES}\n{KEYS}"),
             Kernel::AttnOut => format!("{ATTN_OUT}\n{KEYS}"),
+            Kernel::AttnOutWide => format!(
+                "{}\n{KEYS}",
+                ATTN_OUT
+                    .replace(
+                        "var<uniform> sc: array<vec4<f32>, 4096>;",
+                        "var<storage, read> sc: array<vec4<f32>>;"
+                    )
+                    .replace(
+                        "return sc[(h * dims.lstride + a) / 4u];",
+                        "return sc[((i * dims.n_heads + h) * dims.lstride + a) / 4u];"
+                    )
+                    .replace("return tile.index;", "return wid.y;")
+            ),
             Kernel::Select => SELECT.into(),
         }
     }
@@ -88,7 +103,8 @@ impl Kernel {
             ],
             Kernel::KvWrite => &[Uniform, Uniform, ReadWrite, ReadWrite],
             Kernel::AttnScores => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
-            Kernel::AttnOut => &[Uniform, Uniform, Read, Read, ReadWrite],
+            Kernel::AttnOut => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
+            Kernel::AttnOutWide => &[Uniform, Uniform, Read, Read, ReadWrite, Uniform],
             Kernel::Select => &[Uniform, ReadWrite, Read, ReadWrite],
         }
     }

@@ -119,6 +119,15 @@ fn every_policy_matches_cpu() {
         None,
     );
     check(&spec, Policy::Dense { max: 64 }, 60, &[9, 1, 23], 32, None);
+    // a cache whose scores no longer fit one uniform window (the wide attention variant)
+    check(
+        &spec,
+        Policy::Dense { max: 4200 },
+        40,
+        &[9, 1, 23],
+        32,
+        None,
+    );
     check(
         &spec,
         Policy::Recompute { window: 8 },
