@@ -22,7 +22,7 @@ struct Tile { index: u32 }
 @group(0) @binding(5) var<uniform> tile: Tile;
 
 override G: u32 = 1u;    // query heads per KV head, <= 8
-override RK: u32 = 4u;   // keys per invocation, RK * G <= 32
+override RK: u32 = 4u;   // keys per invocation, <= 8, RK * G <= 32
 override TQ: u32 = 1u;   // queries per tile
 
 @compute @workgroup_size(64)
@@ -36,7 +36,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let qd4 = dims.n_heads * hd4;
     let a0 = wid.x * 64u * RK + lid;
     if (wid.x * 64u * RK >= sp.total) { return; }
-    var rows: array<u32, 4>;
+    var rows: array<u32, 8>;
     for (var r = 0u; r < RK; r++) {
         rows[r] = key_row(i, min(a0 + r * 64u, sp.total - 1u), sp) * kvd4 + g * hd4;
     }
@@ -44,7 +44,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let qbase = wid.z * 2u * qd4 + g * G * hd4;
     var acc: array<f32, 32>;    // [r * G + h]
     for (var d = 0u; d < hd4; d++) {
-        var kv: array<vec4<f32>, 4>;
+        var kv: array<vec4<f32>, 8>;
         for (var r = 0u; r < RK; r++) { kv[r] = kc[rows[r] + d]; }
         for (var h = 0u; h < G; h++) {
             let qring = q[qbase + h * hd4 + d];

@@ -695,7 +695,8 @@ impl Session {
             &[kvd as u32, rule.sinks as u32, rule.window as u32, scratch],
         );
         let silu_dims = b.uniform("silu_dims", &[ffn as u32, 0, 0, 0]);
-        let rk = 4.min(32 / group);
+        // keys per scores invocation: more share each query load, but idle lanes cost too
+        let rk = if slots >= 512 { 8 } else { 4 }.min(32 / group);
         let scores_consts = |tq: u32| [("G", group), ("RK", rk), ("TQ", tq)];
         let wg_out = ((c.head_dim / 8).div_ceil(8) * 8) as u32;
         let cache_rows = (slots + max_batch) as u64;
