@@ -42,11 +42,14 @@ impl Default for EvalOptions {
     }
 }
 
-/// Memory in use at one point of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Memory in use (and time taken) at one point of a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MemorySample {
     /// Tokens fed so far.
     pub token: usize,
+    /// Seconds since the run started: the speed between two samples shows whether the cost per
+    /// token changes as the stream goes on.
+    pub seconds: f64,
     /// Bytes of every GPU buffer allocated (weights, cache, activations).
     pub gpu_bytes: u64,
     /// The process's resident set size, where the platform tells it (Linux).
@@ -142,7 +145,7 @@ impl StreamEval {
         let rule = self.policy.rule();
         let after = self.after_fill().map(|r| self.nll_in(r).len()).unwrap_or(0);
         let mem = |m: Option<&MemorySample>| {
-            m.map(|m| json!({"token": m.token, "gpu_bytes": m.gpu_bytes, "rss_bytes": m.rss_bytes}))
+            m.map(|m| json!({"token": m.token, "seconds": m.seconds, "gpu_bytes": m.gpu_bytes, "rss_bytes": m.rss_bytes}))
         };
         json!({
             "policy": self.policy.name(),
@@ -272,14 +275,15 @@ pub fn evaluate(
     let chunk = opts.chunk;
     let mut session = Session::new(model.clone(), policy, chunk)?;
     let vocab = model.config.vocab;
+    let t0 = Instant::now();
     let sample = |s: &Session, token: usize| MemorySample {
         token,
+        seconds: t0.elapsed().as_secs_f64(),
         gpu_bytes: s.stats().gpu_bytes,
         rss_bytes: rss_bytes(),
     };
     let mut memory = vec![sample(&session, 0)];
     let mut next_sample = opts.memory_every;
-    let t0 = Instant::now();
     let mut nll = Vec::with_capacity(targets.len());
     let mut done = 0usize;
     for block in fed.chunks(chunk) {
@@ -325,13 +329,14 @@ fn recompute(
 ) -> Result<StreamEval> {
     let batch = opts.recompute_batch.min(window);
     let mut session = Session::new(model.clone(), Policy::Dense { max: window }, batch)?;
+    let t0 = Instant::now();
     let sample = |s: &Session, token: usize| MemorySample {
         token,
+        seconds: t0.elapsed().as_secs_f64(),
         gpu_bytes: s.stats().gpu_bytes,
         rss_bytes: rss_bytes(),
     };
     let mut memory = vec![sample(&session, 0)];
-    let t0 = Instant::now();
     let mut nll = Vec::with_capacity(targets.len());
     let mut fed = 0;
     for t in targets.clone() {
