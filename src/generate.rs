@@ -149,6 +149,15 @@ impl Generator {
         self.gpu_select = on;
     }
 
+    /// The row of logits the next token will be drawn from, when it came back whole (the GPU
+    /// candidate selection off, or a configuration that needs the whole row).
+    pub fn pending_row(&self) -> Option<&[f32]> {
+        match &self.logits {
+            Some(Next::Row(r)) | Some(Next::Penalised(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn sampler(&self) -> &Sampler {
         &self.sampler
     }
