@@ -6,12 +6,14 @@
 // to a ring key is then n - m, its age, exactly the cache rule's P - position) and by P for the
 // sinks (sink m sits at position m). So the kernels never see an angle past the cache's own span.
 // Pairs (2p, 2p+1) for rope_layout 0 (GGUF), (p, p + head_dim/2) for 1 (Hugging Face).
+// A single token (decode) also goes straight into its cache slot, which no query of the block
+// still needs, so kv_write.wgsl is skipped then.
 // Dispatch: (T, 1, 1), 64 threads striding over every head's pairs.
 
 struct Step { t: u32, n0c: u32, head0: u32, sinks_cached: u32 }
 struct Dims {
     n_heads: u32, n_kv_heads: u32, head_dim: u32, rope_layout: u32,
-    qkv_stride: u32, scratch_row: u32, _p0: u32, _p1: u32,
+    qkv_stride: u32, scratch_row: u32, sinks: u32, _p: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -37,6 +39,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kvd = dims.n_kv_heads * hd;
     let src = t * dims.qkv_stride;
     let dst = (dims.scratch_row + t) * kvd;
+    // the slot of a lone token (kv_write.wgsl's rule for a block of one)
+    var slot = dims.sinks + step.head0;
+    if (step.sinks_cached < dims.sinks) { slot = step.n0c; }
+    let single = step.t == 1u;
     for (var j = lid; j < (dims.n_heads + dims.n_kv_heads) * hh; j += 64u) {
         let head = j / hh;
         let p = j % hh;
@@ -56,11 +62,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let o = (head - dims.n_heads) * hd;
             let a = qkv[src + qd + o + ix.x];
             let b = qkv[src + qd + o + ix.y];
-            kc[dst + o + ix.x] = a * ring.x - b * ring.y;
-            kc[dst + o + ix.y] = a * ring.y + b * ring.x;
+            let k0 = a * ring.x - b * ring.y;
+            let k1 = a * ring.y + b * ring.x;
+            kc[dst + o + ix.x] = k0;
+            kc[dst + o + ix.y] = k1;
+            if (single) {
+                kc[slot * kvd + o + ix.x] = k0;
+                kc[slot * kvd + o + ix.y] = k1;
+            }
         }
     }
     for (var j = lid; j < kvd; j += 64u) {
-        vc[dst + j] = qkv[src + qd + kvd + j];
+        let v = qkv[src + qd + kvd + j];
+        vc[dst + j] = v;
+        if (single) { vc[slot * kvd + j] = v; }
     }
 }

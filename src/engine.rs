@@ -282,6 +282,8 @@ struct Step {
 enum Grid {
     /// (T, 1, 1)
     PerToken,
+    /// (T, 1, 1) for blocks of more than one token; nothing for one (rope.wgsl did the work).
+    PerTokenOfBlocks,
     /// (1, 1, 1)
     One,
     /// (ceil(T * per_token / 256), 1, 1)
@@ -326,6 +328,8 @@ impl Op {
         let tiles = |n: u32| if t > 1 { t.div_ceil(n) } else { 1 };
         match self.grid {
             Grid::PerToken => self.once(pass, (t, 1, 1)),
+            Grid::PerTokenOfBlocks if t == 1 => 0,
+            Grid::PerTokenOfBlocks => self.once(pass, (t, 1, 1)),
             Grid::One => self.once(pass, (1, 1, 1)),
             Grid::Elements(n) => self.once(pass, ((n * t).div_ceil(256), 1, 1)),
             Grid::PerHead(h) => self.once(pass, (h, t, 1)),
@@ -673,7 +677,7 @@ impl Session {
                 (c.rope_layout == RopeLayout::Half) as u32,
                 qkv_stride as u32,
                 scratch,
-                0,
+                rule.sinks as u32,
                 0,
             ],
         );
@@ -817,7 +821,7 @@ impl Session {
                     Bind::Whole(&kc),
                     Bind::Whole(&vc),
                 ],
-                Grid::PerToken,
+                Grid::PerTokenOfBlocks,
             ));
             b.matmul(
                 &mut body,
