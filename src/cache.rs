@@ -59,7 +59,7 @@ impl Policy {
                 self.name()
             )));
         }
-        if s.checked_add(w).is_none_or(|c| c > 1 << 24) {
+        if s.checked_add(w).map_or(true, |c| c > 1 << 24) {
             return Err(Error::invalid(format!(
                 "cache of {s}+{w} slots is too large"
             )));
