@@ -190,6 +190,15 @@ impl LiveChat {
     }
 }
 
+/// A failed test must not leave a chat generating in the background.
+#[cfg(unix)]
+impl Drop for LiveChat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The `tokens streamed` and `last reply` counts of every /stats line so far.
 #[cfg(unix)]
 fn stats_counts(stderr: &str) -> Vec<(u64, u64)> {

@@ -4,8 +4,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use sinkstream::Model;
+use sinkstream_fuzz::on_fresh_thread;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|data: &[u8]| on_fresh_thread(|| {
     let Ok(m) = Model::from_gguf_bytes(data, "fuzz.gguf") else {
         return;
     };
@@ -20,4 +21,4 @@ fuzz_target!(|data: &[u8]| {
     for id in m.stop_tokens() {
         assert!((id as usize) < m.config.vocab);
     }
-});
+}));

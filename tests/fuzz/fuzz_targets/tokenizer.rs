@@ -7,9 +7,9 @@
 use libfuzzer_sys::fuzz_target;
 use sinkstream::gguf::{write, Gguf};
 use sinkstream::tokenizer::{StreamDecoder, Tokenizer};
-use sinkstream_fuzz::TokenizerInput;
+use sinkstream_fuzz::{on_fresh_thread, TokenizerInput};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|data: &[u8]| on_fresh_thread(|| {
     let input = TokenizerInput::decode(data);
     let md = input.metadata();
     let bytes = write::gguf(&md, &[]);
@@ -46,4 +46,4 @@ fuzz_target!(|data: &[u8]| {
         assert!((id as usize) < n);
         let _ = tok.token_str(id);
     }
-});
+}));

@@ -5,8 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use sinkstream::tokenizer::{StreamDecoder, Tokenizer};
+use sinkstream_fuzz::on_fresh_thread;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|data: &[u8]| on_fresh_thread(|| {
     let Ok(tok) = Tokenizer::from_json_bytes(data) else {
         return;
     };
@@ -25,4 +26,4 @@ fuzz_target!(|data: &[u8]| {
         d.push(id);
     }
     d.flush();
-});
+}));
