@@ -9,7 +9,7 @@ use sinkstream::gguf::{write, Gguf};
 use sinkstream::tokenizer::{StreamDecoder, Tokenizer};
 use sinkstream_fuzz::{on_fresh_thread, TokenizerInput};
 
-fuzz_target!(|data: &[u8]| on_fresh_thread(|| {
+fuzz_target!(|data: &[u8]| {
     let input = TokenizerInput::decode(data);
     let md = input.metadata();
     let bytes = write::gguf(&md, &[]);
@@ -27,9 +27,18 @@ fuzz_target!(|data: &[u8]| on_fresh_thread(|| {
     };
     let n = tok.vocab_size();
     assert!(n > 0);
-    let ids = match tok.encode(&input.text) {
-        Ok(ids) => ids,
-        Err(_) => return,
+    on_fresh_thread(|| encode_decode(&tok, &input.text));
+    assert!(tok.decode(&[n as u32]).is_err());
+    for id in tok.bos_id().into_iter().chain(tok.eos_id()) {
+        assert!((id as usize) < n);
+        let _ = tok.token_str(id);
+    }
+});
+
+fn encode_decode(tok: &Tokenizer, text: &str) {
+    let n = tok.vocab_size();
+    let Ok(ids) = tok.encode(text) else {
+        return;
     };
     assert!(
         ids.iter().all(|&id| (id as usize) < n),
@@ -37,13 +46,8 @@ fuzz_target!(|data: &[u8]| on_fresh_thread(|| {
     );
     let text = tok.decode(&ids).expect("ids from encode decode");
     // Streaming decode agrees with the one-shot decode (byte-level tokenizers).
-    let mut d = StreamDecoder::new(&tok);
+    let mut d = StreamDecoder::new(tok);
     let mut streamed: String = ids.iter().map(|&id| d.push(id)).collect();
     streamed.push_str(&d.flush());
     assert_eq!(streamed, text);
-    assert!(tok.decode(&[n as u32]).is_err());
-    for id in tok.bos_id().into_iter().chain(tok.eos_id()) {
-        assert!((id as usize) < n);
-        let _ = tok.token_str(id);
-    }
-}));
+}

@@ -3,11 +3,13 @@
 
 use sinkstream::gguf::{write, Value};
 
-/// Runs `f` on a thread of its own and waits for it. tokenizers 0.23 keeps each BPE model's
-/// word cache in a thread-local map keyed by a fresh id per model, and never removes the entry
-/// when the model is dropped: building a tokenizer per input on one thread grew the fuzzer by
-/// about 12 KB an input (2 GB in ten minutes, libFuzzer's out-of-memory limit). The thread's exit
-/// frees it. A panic in `f` still stops the fuzzer: libfuzzer-sys's panic hook aborts.
+/// Runs `f` on a thread of its own and waits for it: for encoding with a tokenizer built from
+/// the input. tokenizers 0.23 keeps each BPE model's word cache in a thread-local map keyed by a
+/// fresh id per model, and never removes the entry when the model is dropped: encoding with a new
+/// tokenizer per input on one thread grew the fuzzer by about 12 KB an input (2 GB in ten
+/// minutes, libFuzzer's out-of-memory limit). The thread's exit frees it. Only inputs that build
+/// a tokenizer pay for the thread. A panic in `f` still stops the fuzzer: libfuzzer-sys's panic
+/// hook aborts.
 pub fn on_fresh_thread(f: impl FnOnce() + Send) {
     std::thread::scope(|s| {
         let _ = s.spawn(f).join();
