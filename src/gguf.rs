@@ -315,14 +315,14 @@ impl Gguf {
 
         let mut tensors = Vec::with_capacity(raw.len());
         for t in raw {
+            let absurd =
+                || Error::format(format!("tensor {}: absurd dimensions {:?}", t.name, t.dims));
             let n: u64 = t
                 .dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .filter(|&n| n > 0)
-                .ok_or_else(|| {
-                    Error::format(format!("tensor {}: absurd dimensions {:?}", t.name, t.dims))
-                })?;
+                .ok_or_else(absurd)?;
             let block = t.dtype.block_elems() as u64;
             if t.dims[0] % block != 0 {
                 return Err(Error::format(format!(
@@ -330,7 +330,11 @@ impl Gguf {
                     t.name, t.dims[0], t.dtype
                 )));
             }
-            let len = n / block * t.dtype.block_bytes() as u64;
+            // The byte size can overflow where the element count did not (4 bytes per F32); a
+            // wrapped size would pass the end-of-file check below with almost no data.
+            let len = (n / block)
+                .checked_mul(t.dtype.block_bytes() as u64)
+                .ok_or_else(absurd)?;
             if t.offset % alignment != 0 {
                 return Err(Error::format(format!(
                     "tensor {}: data offset {} is not aligned to {alignment} bytes (corrupt file)",

@@ -238,6 +238,12 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Ctrl-C while a reply is being written stops that reply after the token in \
+flight; what was shown of it stays in the conversation and the chat goes on. Ctrl-C at the prompt \
+quits with exit status 130 (as for any program stopped by Ctrl-C); /quit or the end of input quits \
+with status 0."
+)]
 struct ChatArgs {
     /// System message that opens the conversation (the template's default if omitted)
     #[arg(long, value_name = "TEXT")]
@@ -603,8 +609,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Ctrl-C: at the prompt it quits; during a reply it only raises INTERRUPTED, so the reply stops
-/// after the token in flight and the session (whose feeds are never cut in half) stays usable.
+/// Ctrl-C: at the prompt it quits (status 130); from sending a message to the end of its reply it
+/// only raises INTERRUPTED, so the reply stops after the token in flight and the session (whose
+/// feeds are never cut in half, and whose reply so far is closed by the next turn) stays usable.
 static IN_REPLY: AtomicU8 = AtomicU8::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -643,7 +650,6 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     loop {
-        IN_REPLY.store(0, Ordering::SeqCst);
         if interactive {
             emit(&mut out, "> ")?;
         }
@@ -691,6 +697,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         INTERRUPTED.store(false, Ordering::SeqCst);
         IN_REPLY.store(1, Ordering::SeqCst);
         if let Err(e) = chat.send(&m.tokenizer, msg) {
+            IN_REPLY.store(0, Ordering::SeqCst);
             eprintln!("error: {e}");
             continue;
         }
@@ -709,11 +716,15 @@ fn chat(a: ChatArgs) -> Result<()> {
                 None => break,
             }
         }
+        // The reply is over: from here Ctrl-C quits again. Done before anything is printed so
+        // that a Ctrl-C sent after seeing the end of a reply always finds the prompt.
+        IN_REPLY.store(0, Ordering::SeqCst);
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if !failed {
             let rest = stream.finish();
             emit(&mut out, &rest)?;
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted {
             emit(&mut out, " [interrupted]")?;
         }
         emit(&mut out, "\n")?;

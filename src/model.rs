@@ -266,28 +266,36 @@ fn gguf_config(g: &Gguf) -> Result<Config> {
         )));
     }
     let key = |k: &str| format!("{arch}.{k}");
-    let req = |k: &str| -> Result<usize> {
-        let v = g.require_u64(&key(k))?;
+    // Every size is bounded before use: sizes from a corrupt file must not become allocations.
+    let opt = |k: &str| -> Result<Option<usize>> {
+        let Some(v) = g.get_u64(&key(k))? else {
+            return Ok(None);
+        };
         usize::try_from(v)
             .ok()
             .filter(|&v| v <= 1 << 24)
+            .map(Some)
             .ok_or_else(|| Error::format(format!("metadata {} = {v} is absurd", key(k))))
+    };
+    let req = |k: &str| -> Result<usize> {
+        opt(k)?.ok_or_else(|| Error::format(format!("metadata {} is missing", key(k))))
     };
     let dim = req("embedding_length")?;
     let n_heads = req("attention.head_count")?;
-    let n_kv_heads = match g.get_u64(&key("attention.head_count_kv"))? {
-        Some(v) => v as usize,
-        None => n_heads,
-    };
+    let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
     if n_heads == 0 || dim % n_heads != 0 {
         return Err(Error::format(format!(
             "hidden size {dim} is not divisible by the head count {n_heads}"
         )));
     }
-    let head_dim = match g.get_u64(&key("attention.key_length"))? {
-        Some(v) => v as usize,
-        None => dim / n_heads,
-    };
+    let head_dim = opt("attention.key_length")?.unwrap_or(dim / n_heads);
+    // The RoPE table below has head_dim / 2 entries: check head_dim (as validate() does)
+    // before building it, so a corrupt key_length cannot ask for gigabytes.
+    if head_dim > 256 {
+        return Err(Error::format(format!(
+            "head dimension {head_dim} is not supported (even, at most 256)"
+        )));
+    }
     let rope_theta = g.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0);
     if !(rope_theta > 1.0 && rope_theta.is_finite()) {
         return Err(Error::format(format!(
@@ -318,7 +326,7 @@ fn gguf_config(g: &Gguf) -> Result<Config> {
             RopeLayout::Adjacent
         },
         rope_freqs: Config::default_rope_freqs(rope_theta, head_dim),
-        context_len: g.get_u64(&key("context_length"))?.unwrap_or(2048) as usize,
+        context_len: opt("context_length")?.unwrap_or(2048),
     };
     c.validate()?;
     Ok(c)

@@ -267,22 +267,43 @@ impl Tokenizer {
     /// From a Hugging Face tokenizer.json's bytes (tokenizers::Tokenizer::from_bytes), used later by the HF loader.
     /// BOS/EOS are not in tokenizer.json: set them with `set_bos_eos` (from tokenizer_config.json).
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Tokenizer> {
-        // serde errors are reported by the tokenizers crate; a panic here would be its bug, but we
-        // still catch one so a bad file cannot take down the caller (native targets only unwind).
+        // tokenizers 0.23 panics (an `expect` in its decoder deserializer) on some syntax errors,
+        // which aborts a wasm32 build and prints a panic message natively even when caught. On
+        // valid JSON that deserializer cannot fail, so the syntax is checked first (found by
+        // fuzzing, tests/fuzz tokenizer_json).
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| hf_err("tokenizer.json is not valid JSON", e))?;
+        // Any other panic would be the tokenizers crate's bug, but we still catch one so a bad
+        // file cannot take down the caller (native targets only unwind).
         let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
             .map_err(|_| {
                 Error::Tokenizer("tokenizer.json could not be parsed (the parser panicked)".into())
             })?
             .map_err(|e| hf_err("tokenizer.json", e))?;
-        let n = inner.get_vocab_size(true);
-        if n == 0 || n > u32::MAX as usize {
-            return Err(Error::Tokenizer(format!("tokenizer.json has {n} tokens")));
-        }
         let byte_level = matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
         let table = char_to_byte_table();
-        // Ids may have gaps (added tokens past the model vocabulary): size by the largest id.
+        // Ids may have gaps (added tokens past the model vocabulary, or a sparse vocabulary):
+        // the table goes up to the largest id, so every id that encoding can produce has an
+        // entry. That id comes from the file, so it is checked before it sizes anything: each
+        // id takes a few bytes of JSON, so no real file has more ids than bytes.
         let added = inner.get_added_tokens_decoder();
-        let n = added.keys().map(|&id| id as usize + 1).fold(n, usize::max);
+        let n = inner
+            .get_vocab(true)
+            .into_values()
+            .chain(added.keys().copied())
+            .map(|id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if n == 0 {
+            return Err(Error::Tokenizer("tokenizer.json has no tokens".into()));
+        }
+        if n > bytes.len() {
+            return Err(Error::Tokenizer(format!(
+                "tokenizer.json has a token id of {}, more than a file of {} bytes can hold a vocabulary up to (corrupt file)",
+                n - 1,
+                bytes.len()
+            )));
+        }
         let mut bytes = Vec::with_capacity(n);
         let mut special = vec![false; n];
         for id in 0..n as u32 {

@@ -261,6 +261,106 @@ fn tokenizer_errors() {
     expect_err(&build(&md, &tensor_shapes(), 0), &["tokenizer.ggml.tokens"]);
 }
 
+/// Found by fuzzing (tests/fuzz, model_load and gguf_parse): a tensor whose element count fits
+/// in 64 bits but whose byte size does not (2^62 F32 values, 3 * 2^62 F16 values) had its size wrap,
+/// to 0 bytes for the F32 one, and passed the end-of-file check.
+#[test]
+fn tensor_byte_size_overflow() {
+    for (dims, ty) in [(vec![1u64 << 62], 0u32), (vec![3 << 62], 1)] {
+        let mut tensors: Vec<write::Tensor> = Vec::new();
+        let shapes = tensor_shapes();
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|(_, d)| vec![0u8; d.iter().product::<u64>() as usize * 4])
+            .collect();
+        for ((name, d), bytes) in shapes.iter().zip(&data) {
+            let huge = *name == "output_norm.weight";
+            tensors.push(write::Tensor {
+                name,
+                dims: if huge { dims.clone() } else { d.clone() },
+                ggml_type: if huge { ty } else { 0 },
+                data: if huge { &[] } else { bytes },
+            });
+        }
+        let bytes = write::gguf(&metadata(), &tensors);
+        let e = sinkstream::gguf::Gguf::parse(&bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("output_norm.weight") && e.contains("absurd dimensions"),
+            "{dims:?}: {e}"
+        );
+        expect_err(&bytes, &["output_norm.weight", "absurd dimensions"]);
+    }
+}
+
+/// Sizes in the metadata are bounded before anything is built from them: the RoPE table has
+/// key_length / 2 entries, so 2^40 asked for 4 TiB and aborted the process.
+#[test]
+fn absurd_sizes_in_metadata() {
+    for (key, v, needle) in [
+        ("llama.attention.key_length", 1u64 << 40, "absurd"),
+        ("llama.attention.key_length", 1 << 20, "head dimension"),
+        ("llama.attention.head_count_kv", 1 << 40, "absurd"),
+        ("llama.context_length", 1 << 40, "absurd"),
+    ] {
+        expect_err(
+            &build(&set(key, Value::U64(v)), &tensor_shapes(), 0),
+            &[needle],
+        );
+    }
+}
+
+/// A tokenizer.json's id table goes up to the largest id the file names. An id of three billion
+/// in the BPE vocabulary of a small file is corruption: an error, not a table of three billion
+/// entries (nor, as before, a table of 7 whose encoder hands out an id far past it). An added
+/// token's id in the file is renumbered by the tokenizers crate: the table stays small.
+#[test]
+fn tokenizer_json_with_absurd_ids() {
+    use sinkstream::tokenizer::Tokenizer;
+    let m = load(&valid()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&m.tokenizer.to_json().unwrap()).unwrap();
+    let read = |j: &serde_json::Value| {
+        std::panic::catch_unwind(|| Tokenizer::from_json_bytes(j.to_string().as_bytes()))
+            .expect("no panic")
+    };
+    assert_eq!(read(&json).unwrap().vocab_size(), 6);
+    let mut sparse = json.clone();
+    sparse["model"]["vocab"]["ab"] = serde_json::json!(3_000_000_000u32);
+    let e = read(&sparse).unwrap_err().to_string();
+    assert!(
+        e.contains("token id of 3000000000") && e.contains("corrupt"),
+        "{e}"
+    );
+    let mut added = json.clone();
+    added["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 4_000_000_000u32, "content": "<huge>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    assert_eq!(read(&added).unwrap().vocab_size(), 7);
+}
+
+/// Found by fuzzing (tests/fuzz, tokenizer_json): a syntax error inside the decoder made the
+/// tokenizers crate panic (caught natively, but with a panic message on stderr, and an abort in
+/// the browser). It is now a plain JSON error.
+#[test]
+fn tokenizer_json_syntax_error_in_the_decoder() {
+    for bad in [
+        &br#"{"decoder":{"type":"ByteLevel",}}"#[..],
+        br#"{"decoder":{"type":"ByteLevel","add_prefix_space":true{"#,
+    ] {
+        let r = std::panic::catch_unwind(|| sinkstream::tokenizer::Tokenizer::from_json_bytes(bad));
+        let e = r.expect("no panic").unwrap_err().to_string();
+        assert!(
+            e.contains("not valid JSON") && !e.contains("panicked"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn truncated_real_model() {
     let bytes = std::fs::read(common::model_path()).expect("run scripts/fetch-model.sh");

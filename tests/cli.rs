@@ -75,6 +75,229 @@ fn chat_answers_and_keeps_going() {
     );
 }
 
+/// A running `sinkstream chat` with its stdout and stderr collected by threads, so the test can
+/// wait for text to appear while the process keeps running.
+#[cfg(unix)]
+struct LiveChat {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+#[cfg(unix)]
+impl LiveChat {
+    fn start(args: &[&str]) -> LiveChat {
+        use std::io::Read;
+        use std::sync::{Arc, Mutex};
+        let mut child = bin()
+            .arg("chat")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sinkstream chat");
+        let collect = |mut r: Box<dyn Read + Send>| {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = r.read(&mut chunk) {
+                    b.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            buf
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        let stdin = child.stdin.take().unwrap();
+        LiveChat {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        use std::io::Write;
+        self.stdin.write_all(text.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn out(&self) -> String {
+        text(&self.stdout.lock().unwrap())
+    }
+
+    fn err(&self) -> String {
+        text(&self.stderr.lock().unwrap())
+    }
+
+    /// Waits until `done(stdout, stderr)` holds; fails if the process exits first or time runs out.
+    fn wait_for(&mut self, what: &str, done: impl Fn(&str, &str) -> bool) {
+        let t0 = std::time::Instant::now();
+        while !done(&self.out(), &self.err()) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // The reader threads may still hold the last bytes: give them a moment.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                panic!(
+                    "chat exited ({st}) while waiting for {what}; stdout {:?}; stderr {}",
+                    self.out(),
+                    self.err()
+                );
+            }
+            if t0.elapsed().as_secs() > 600 {
+                let _ = self.child.kill();
+                panic!(
+                    "timed out waiting for {what}; stdout {:?}; stderr {}",
+                    self.out(),
+                    self.err()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGINT, as Ctrl-C in a terminal sends it. Through the shell's built-in `kill`, which every
+    /// Unix has, rather than a libc binding the tests would otherwise not need.
+    fn interrupt(&self) {
+        let st = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", self.child.id())])
+            .status()
+            .expect("run sh");
+        assert!(st.success(), "kill -INT failed");
+    }
+
+    /// Waits (at most ten minutes) for the process to exit.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                return st;
+            }
+            if t0.elapsed().as_secs() > 600 {
+                let _ = self.child.kill();
+                panic!(
+                    "chat did not exit; stdout {:?}; stderr {}",
+                    self.out(),
+                    self.err()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// A failed test must not leave a chat generating in the background.
+#[cfg(unix)]
+impl Drop for LiveChat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `tokens streamed` and `last reply` counts of every /stats line so far.
+#[cfg(unix)]
+fn stats_counts(stderr: &str) -> Vec<(u64, u64)> {
+    let num = |l: &str, after: &str| -> u64 {
+        let rest = &l[l.find(after).unwrap() + after.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("tokens streamed "))
+        .map(|l| (num(l, "tokens streamed "), num(l, "last reply ")))
+        .collect()
+}
+
+const STORY: &str = "Tell me a long story about a dragon who learns to read.";
+
+/// Ctrl-C while a reply streams stops that reply only: the process lives on, the next message
+/// gets a reply, /quit exits with 0, and the cache holds exactly the conversation: the first
+/// turn, the part of the reply that was shown, then the second turn and its reply.
+#[cfg(unix)]
+#[test]
+fn chat_ctrl_c_stops_the_reply_and_the_chat_goes_on() {
+    const MAX: u64 = 32;
+    let mut c = LiveChat::start(&["--temperature", "0", "--max-tokens", &MAX.to_string()]);
+    c.send(&format!("{STORY}\n"));
+    c.wait_for("the first words of the reply", |o, _| !o.is_empty());
+    c.interrupt();
+    c.wait_for("the reply to stop", |o, _| o.contains(" [interrupted]\n"));
+    assert!(c.child.try_wait().unwrap().is_none(), "Ctrl-C killed chat");
+    c.send("/stats\n");
+    c.wait_for("/stats", |_, e| stats_counts(e).len() == 1);
+    let first_out = c.out();
+    c.send("What is the capital of France?\n/stats\n/quit\n");
+    let st = c.wait_exit();
+    let (out, err) = (c.out(), c.err());
+    assert_eq!(st.code(), Some(0), "stdout {out:?}; stderr {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("error:"),
+        "{err}"
+    );
+    let second = out[first_out.len()..].trim();
+    assert!(
+        !second.is_empty(),
+        "no reply after the interruption: {out:?}"
+    );
+    assert!(!second.contains("[interrupted]"), "{out:?}");
+
+    // Token accounting: what the chat fed is what the template makes of the conversation.
+    let counts = stats_counts(&err);
+    assert_eq!(counts.len(), 2, "{err}");
+    let ((streamed1, reply1), (streamed2, reply2)) = (counts[0], counts[1]);
+    assert!(
+        (1..MAX).contains(&reply1),
+        "the first reply was not cut short: {reply1} tokens"
+    );
+    assert!(reply2 >= 1, "{err}");
+    let m = sinkstream::Model::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    )
+    .unwrap();
+    let turn = |last: Option<(&str, &str)>, user: &str| {
+        let t = sinkstream::generate::turn_text(&m.chat_template, None, last, user).unwrap();
+        assert!(!t.restart);
+        m.tokenizer.encode(&t.text).unwrap().len() as u64
+    };
+    let shown = first_out.strip_suffix(" [interrupted]\n").unwrap();
+    assert_eq!(streamed1, turn(None, STORY) + reply1, "{err}");
+    assert_eq!(
+        streamed2,
+        streamed1 + turn(Some((STORY, shown)), "What is the capital of France?") + reply2,
+        "{err}"
+    );
+}
+
+/// Ctrl-C at the prompt, after a first one stopped a reply, quits with status 130 and no error.
+#[cfg(unix)]
+#[test]
+fn chat_ctrl_c_at_the_prompt_quits() {
+    let mut c = LiveChat::start(&["--temperature", "0", "--max-tokens", "32"]);
+    c.send(&format!("{STORY}\n"));
+    c.wait_for("the first words of the reply", |o, _| !o.is_empty());
+    c.interrupt();
+    c.wait_for("the reply to stop", |o, _| o.contains(" [interrupted]\n"));
+    c.interrupt();
+    let st = c.wait_exit();
+    let err = c.err();
+    assert_eq!(st.code(), Some(130), "stderr {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("error:"),
+        "{err}"
+    );
+    let help = run(&["chat", "--help"]);
+    let h = text(&help.stdout);
+    assert!(
+        h.contains("Ctrl-C at the prompt") && h.contains("130"),
+        "{h}"
+    );
+}
+
 fn ppl_json(file: &str, chunk: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "ppl", "--text", file, "--tokens", "30", "--sinks", "4", "--window", "12", "--json",
