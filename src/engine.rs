@@ -1056,10 +1056,17 @@ impl Session {
             }
             // Every token: the model re-run over the last W tokens from an empty cache.
             let mut out = Vec::new();
-            for &t in tokens {
+            for (i, &t) in tokens.iter().enumerate() {
                 self.history.push_back(t);
                 if self.history.len() > window {
                     self.history.pop_front();
+                }
+                // Each re-run starts from an empty cache, so a token whose logits nobody asked
+                // for needs no run: only the history moves.
+                let wanted =
+                    which == Logits::All || (which == Logits::Last && i + 1 == tokens.len());
+                if !wanted {
+                    continue;
                 }
                 self.count = 0;
                 let hist: Vec<u32> = self.history.iter().copied().collect();
