@@ -449,7 +449,8 @@ pub struct Session {
     select_params: GpuBuffer,
     select_recent: GpuBuffer,
     select_out: GpuBuffer,
-    select_read: GpuBuffer,
+    /// Two, so that a pipelined step can copy into one while the other is read (decode_greedy).
+    select_read: [GpuBuffer; 2],
     body: Vec<Op>,
     head_all: Vec<Op>,
     head_last: Vec<Op>,
@@ -953,7 +954,10 @@ impl Session {
         let select_recent = gpu.storage("select_recent", SELECT_RECENT as u64 * 4)?;
         let select_bytes = (4 + 2 * SELECT_CAP as u64) * 4;
         let select_out = gpu.storage("select_out", select_bytes)?;
-        let select_read = gpu.readback("select_readback", select_bytes);
+        let select_read = [
+            gpu.readback("select_readback", select_bytes),
+            gpu.readback("select_readback_b", select_bytes),
+        ];
         let select = b.op(
             "select",
             Kernel::Select,
@@ -1151,13 +1155,132 @@ impl Session {
             let bytes = self.model.config.vocab as u64 * 4;
             enc.copy_buffer_to_buffer(&self.logits, 0, &self.readback, 0, bytes);
             gpu.queue.submit([enc.finish()]);
-            return Ok(Picked::Row(read_buffer(&gpu, &self.readback, bytes).await?));
+            return Ok(Picked::Row(
+                read_buffer(&gpu, &self.readback, bytes, None).await?,
+            ));
         }
         Ok(Picked::Candidates(
             (0..count)
                 .map(|i| (words[4 + 2 * i], f32::from_bits(words[5 + 2 * i])))
                 .collect(),
         ))
+    }
+
+    /// Greedy decoding with the next step always in flight. Each step's greedy pick
+    /// (select.wgsl, k = 1) is copied on the GPU into the token buffer that the next step's
+    /// embedding reads, so step i+1 is submitted before token i comes back; the ids come back
+    /// through two readback buffers in turn (4 bytes used of each). Feeds `first`, then returns
+    /// up to `max_new` tokens, the last one the first for which `stop` says true.
+    ///
+    /// The step already submitted past a stop token is taken back (the stream count steps back
+    /// by one). That is exact: the only cache slot it wrote is the one the next token writes,
+    /// and the key it overwrote there (a ring token W behind the next one, or an empty slot) is
+    /// outside every later query's window. No repetition penalty (it needs token i on the host
+    /// before step i+1 is submitted: use `feed_select`), and not under recompute.
+    pub async fn decode_greedy(
+        &mut self,
+        first: u32,
+        max_new: usize,
+        mut stop: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        if matches!(self.policy, Policy::Recompute { .. }) {
+            return Err(Error::invalid(
+                "pipelined greedy decoding re-uses the cache: not under recompute",
+            ));
+        }
+        self.check_tokens(&[first])?;
+        if let Policy::Dense { max } = self.policy {
+            if self.count + max_new as u64 > max as u64 {
+                return Err(Error::CacheFull(format!(
+                    "the dense cache holds {max} tokens: {} streamed, {max_new} more asked for",
+                    self.count
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(max_new.min(1 << 16));
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let gpu = self.model.gpu.clone();
+        let params = [
+            self.model.config.vocab as u32,
+            1,
+            1f32.to_bits(),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        gpu.queue
+            .write_buffer(&self.select_params, 0, bytemuck::cast_slice(&params));
+        let mut flight = (self.submit_greedy_step(Some(first), 0), 0);
+        loop {
+            let (index, slot) = flight;
+            let next = if out.len() + 1 < max_new {
+                Some((self.submit_greedy_step(None, 1 - slot), 1 - slot))
+            } else {
+                None
+            };
+            let words = read_buffer(&gpu, &self.select_read[slot], 32, Some(index)).await?;
+            let id = words[4].to_bits();
+            out.push(id);
+            match next {
+                Some(n) if !stop(id) => flight = n,
+                Some(_) => {
+                    self.count -= 1;
+                    return Ok(out);
+                }
+                None => {
+                    stop(id);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// One step of `decode_greedy`: the token `id` (or the one the previous step picked, already
+    /// in the token buffer), the last-token head, the greedy pick, and the two copies of it.
+    fn submit_greedy_step(&mut self, id: Option<u32>, slot: usize) -> wgpu::SubmissionIndex {
+        let gpu = self.model.gpu.clone();
+        match id {
+            Some(id) => self.write_step(&[id]),
+            None => self.write_step_ids(1, None),
+        }
+        let keys = self.block_keys(1);
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("greedy step"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
+            for op in self.body.iter().chain(&self.head_last) {
+                self.dispatches += op.encode(&mut pass, 1, keys);
+            }
+            self.dispatches += self.select.encode(&mut pass, 1, keys);
+        }
+        // select_out: [count, _, _, _, id, logit, ...]
+        enc.copy_buffer_to_buffer(&self.select_out, 16, &self.tokens, 0, 4);
+        enc.copy_buffer_to_buffer(&self.select_out, 0, &self.select_read[slot], 0, 32);
+        let index = gpu.queue.submit([enc.finish()]);
+        self.submissions += 1;
+        self.count += 1;
+        index
+    }
+
+    /// Native convenience: `decode_greedy` blocking on the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_greedy_blocking(
+        &mut self,
+        first: u32,
+        max_new: usize,
+        stop: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        pollster::block_on(self.decode_greedy(first, max_new, stop))
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -1197,22 +1320,30 @@ impl Session {
     /// Writes what a block needs besides its ops: its place in the stream (the step uniform),
     /// its token ids, and each token's RoPE rotations, computed here in f64 (rope.wgsl).
     fn write_step(&self, tokens: &[u32]) {
+        self.write_step_ids(tokens.len(), Some(tokens));
+    }
+
+    /// `write_step` for `t` tokens whose ids are `ids`, or with `None` already in the token
+    /// buffer (put there by the previous step: decode_greedy).
+    fn write_step_ids(&self, t: usize, ids: Option<&[u32]>) {
         let gpu = &self.model.gpu;
         let (s, w) = (self.rule.sinks as u64, self.rule.window as u64);
         let n0 = self.count;
         let st = Step {
-            t: tokens.len() as u32,
+            t: t as u32,
             n0c: n0.min(s + w) as u32,
             head0: ((n0.max(s) - s) % w) as u32,
             sinks_cached: n0.min(s) as u32,
         };
         gpu.queue
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&st));
-        gpu.queue
-            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(tokens));
+        if let Some(ids) = ids {
+            gpu.queue
+                .write_buffer(&self.tokens, 0, bytemuck::cast_slice(ids));
+        }
         let freqs = &self.model.config.rope_freqs;
-        let mut rot = Vec::with_capacity(tokens.len() * freqs.len() * 4);
-        for i in 0..tokens.len() as u64 {
+        let mut rot = Vec::with_capacity(t * freqs.len() * 4);
+        for i in 0..t as u64 {
             let n = n0 + i;
             // the stream index (ring keys and the queries' ring rotation) and the cache position
             let position = self.rule.attended_len(n) as u64 - 1;
@@ -1268,12 +1399,12 @@ impl Session {
             }
         }
         if select {
-            let bytes = self.select_read.size();
-            enc.copy_buffer_to_buffer(&self.select_out, 0, &self.select_read, 0, bytes);
+            let bytes = self.select_read[0].size();
+            enc.copy_buffer_to_buffer(&self.select_out, 0, &self.select_read[0], 0, bytes);
             gpu.queue.submit([enc.finish()]);
             self.submissions += 1;
             self.count += t as u64;
-            return read_buffer(&gpu, &self.select_read, bytes).await;
+            return read_buffer(&gpu, &self.select_read[0], bytes, None).await;
         }
         let vocab = self.model.config.vocab as u64;
         let rows = match which {
@@ -1291,7 +1422,7 @@ impl Session {
         if bytes == 0 {
             return Ok(Vec::new());
         }
-        read_buffer(&gpu, &self.readback, bytes).await
+        read_buffer(&gpu, &self.readback, bytes, None).await
     }
 }
 
@@ -1372,7 +1503,7 @@ impl Session {
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
         gpu.queue.submit([enc.finish()]);
         self.count += t as u64;
-        let words = pollster::block_on(read_buffer(&gpu, &read, n as u64 * 8))?;
+        let words = pollster::block_on(read_buffer(&gpu, &read, n as u64 * 8, None))?;
         let stamps: &[u64] = bytemuck::cast_slice(&words);
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
         let mut out: Vec<OpTime> = Vec::new();
@@ -1396,7 +1527,14 @@ impl Session {
 }
 
 /// Maps `size` bytes of a MAP_READ buffer and copies them out as f32.
-async fn read_buffer(gpu: &Gpu, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<f32>> {
+/// Maps `buffer` and copies it out; natively waits for `after` (a submission), or for everything
+/// submitted so far.
+async fn read_buffer(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    size: u64,
+    after: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<f32>> {
     let slot: MapSlot = Arc::new(Mutex::new((None, None)));
     let s2 = slot.clone();
     buffer.map_async(wgpu::MapMode::Read, 0..size, move |r| {
@@ -1408,9 +1546,13 @@ async fn read_buffer(gpu: &Gpu, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<
     });
     #[cfg(not(target_arch = "wasm32"))]
     gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait {
+            submission_index: after,
+            timeout: None,
+        })
         .map_err(|e| Error::gpu(format!("the GPU did not finish: {e}")))?;
-    let _ = gpu;
+    #[cfg(target_arch = "wasm32")]
+    let _ = (gpu, after);
     MapFuture(slot)
         .await
         .map_err(|e| Error::gpu(format!("reading results back failed: {e}")))?;
