@@ -63,6 +63,8 @@ def ratio(ours, other, key):
 r["ratios"] = {
     "decode_vs_cpu": ratio(s["decode_tokens_per_s"], r["llamacpp_cpu"], "gen_tokens_per_s"),
     "decode_vs_vulkan": ratio(s["decode_tokens_per_s"], r["llamacpp_vulkan"], "gen_tokens_per_s"),
+    "decode_pipelined_vs_cpu": ratio(s["decode_pipelined_tokens_per_s"], r["llamacpp_cpu"], "gen_tokens_per_s"),
+    "decode_pipelined_vs_vulkan": ratio(s["decode_pipelined_tokens_per_s"], r["llamacpp_vulkan"], "gen_tokens_per_s"),
     "prefill_vs_cpu": ratio(s["prefill_tokens_per_s"], r["llamacpp_cpu"], "prompt_tokens_per_s"),
     "prefill_vs_vulkan": ratio(s["prefill_tokens_per_s"], r["llamacpp_vulkan"], "prompt_tokens_per_s"),
 }
