@@ -8,7 +8,7 @@
 # where each ratio is sinkstream's tokens/s over llama.cpp's (above 1: sinkstream is faster).
 #
 # LLAMACPP_CPU_PY / LLAMACPP_VULKAN_PY: python interpreters of two virtual environments with
-# llama-cpp-python built for the CPU and for Vulkan (scripts/bench-llamacpp.py says how); either
+# llama-cpp-python built for the CPU and for Vulkan (scripts/setup-llamacpp.sh makes them); either
 # may be left unset to skip that run. Optional: MODEL (a GGUF; default the one in models/),
 # LLAMACPP_THREADS (default: all cores), LLAMACPP_REPEATS (default 3).
 # Progress goes to stderr, the JSON to stdout. Run it on an idle machine: every figure is a speed.

@@ -11,11 +11,8 @@ A warm-up run (the full prompt and a few decode steps) comes first and is not co
 --repeats runs, reported as medians (latency percentiles over the steps of all runs). Prints one
 JSON object on stdout.
 
-Dependency (builds llama.cpp from source with CMake; a few minutes):
-  CPU backend:     pip install llama-cpp-python==0.3.36
-  Vulkan backend:  CMAKE_ARGS="-DGGML_VULKAN=on" pip install llama-cpp-python==0.3.36
-                   (Debian: apt-get install glslc libvulkan-dev spirv-headers)
-Install the two into separate virtual environments; --backend only labels the run and sets
+Dependency: llama-cpp-python 0.3.36, built from source for each backend into its own virtual
+environment by scripts/setup-llamacpp.sh (CMake builds of llama.cpp, about 10 minutes each); --backend only labels the run and sets
 n_gpu_layers (0 for cpu, -1 = all layers for vulkan). llama.cpp skips CPU-type Vulkan devices
 such as Mesa's lavapipe unless they are named: GGML_VK_VISIBLE_DEVICES=0.
 
