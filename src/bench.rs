@@ -148,6 +148,34 @@ fn decode_steps(s: &mut Session, first: u32, n: usize) -> Result<Vec<f64>> {
     Ok(times)
 }
 
+/// A new session of `policy` at stream position `p`, reached by fast-forward or by streaming
+/// `filler` tokens; with the GPU bytes the session itself holds.
+fn session_at(
+    model: &Arc<GpuModel>,
+    policy: Policy,
+    p: u64,
+    o: &BenchOptions,
+    filler: &[u32],
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Session, u64)> {
+    let gpu = &model.gpu;
+    let before = gpu.allocated_bytes();
+    let mut s = Session::new(model.clone(), policy, o.batch)?;
+    let own = gpu.allocated_bytes() - before;
+    if o.fast_forward {
+        s.fast_forward(p);
+    } else {
+        while s.count() < p {
+            let k = ((p - s.count()) as usize).min(o.batch);
+            s.feed_blocking(&filler[..k], Logits::Skip)?;
+            if s.count() % 1024 < k as u64 {
+                progress(&format!("streaming to {p}: {}", s.count()));
+            }
+        }
+    }
+    Ok((s, own))
+}
+
 /// Runs the benchmark; `progress` receives a line per phase (the CLI prints it on stderr).
 pub fn run(
     model: &Arc<GpuModel>,
@@ -206,22 +234,14 @@ pub fn run(
     positions.sort_unstable();
     positions.dedup();
     let filler = tokens(o.batch, vocab, 2);
+    let reached_by = if o.fast_forward {
+        "fast-forward"
+    } else {
+        "streaming"
+    };
     let mut sessions = Vec::new();
     for &p in &positions {
-        let before = gpu.allocated_bytes();
-        let mut s = Session::new(model.clone(), sink, o.batch)?;
-        let own = gpu.allocated_bytes() - before;
-        if o.fast_forward {
-            s.fast_forward(p);
-        } else {
-            while s.count() < p {
-                let k = ((p - s.count()) as usize).min(o.batch);
-                s.feed_blocking(&filler[..k], Logits::Skip)?;
-                if s.count() % 1024 < k as u64 {
-                    progress(&format!("streaming to {p}: {}", s.count()));
-                }
-            }
-        }
+        let (s, own) = session_at(model, sink, p, o, &filler, progress)?;
         sessions.push((s, own, Vec::with_capacity(o.latency_tokens)));
     }
     let all_created = gpu.allocated_bytes();
@@ -244,11 +264,7 @@ pub fn run(
             median_ms: percentile(&t, 0.5) * 1e3,
             p95_ms: percentile(&t, 0.95) * 1e3,
             gpu_bytes: own + growth,
-            reached_by: if o.fast_forward {
-                "fast-forward"
-            } else {
-                "streaming"
-            },
+            reached_by,
         });
         progress(&format!(
             "position {p}: median {:.1} ms per token",
@@ -262,23 +278,10 @@ pub fn run(
         .iter()
         .find(|&&p| p + o.latency_tokens as u64 <= ctx)
     {
-        let before = gpu.allocated_bytes();
-        let mut s = Session::new(
-            model.clone(),
-            Policy::Dense {
-                max: model.config.context_len,
-            },
-            o.batch,
-        )?;
-        let own = gpu.allocated_bytes() - before;
-        if o.fast_forward {
-            s.fast_forward(p);
-        } else {
-            while s.count() < p {
-                let k = ((p - s.count()) as usize).min(o.batch);
-                s.feed_blocking(&filler[..k], Logits::Skip)?;
-            }
-        }
+        let dense = Policy::Dense {
+            max: model.config.context_len,
+        };
+        let (mut s, own) = session_at(model, dense, p, o, &filler, progress)?;
         let mut t = decode_steps(&mut s, 1, o.latency_tokens)?;
         t.sort_by(f64::total_cmp);
         latency.push(Latency {
@@ -287,11 +290,7 @@ pub fn run(
             median_ms: percentile(&t, 0.5) * 1e3,
             p95_ms: percentile(&t, 0.95) * 1e3,
             gpu_bytes: own,
-            reached_by: if o.fast_forward {
-                "fast-forward"
-            } else {
-                "streaming"
-            },
+            reached_by,
         });
     }
 
