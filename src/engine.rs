@@ -1247,22 +1247,7 @@ impl Session {
             Some(id) => self.write_step(&[id]),
             None => self.write_step_ids(1, None),
         }
-        let keys = self.block_keys(1);
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("greedy step"),
-            });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("forward"),
-                timestamp_writes: None,
-            });
-            for op in self.body.iter().chain(&self.head_last) {
-                self.dispatches += op.encode(&mut pass, 1, keys);
-            }
-            self.dispatches += self.select.encode(&mut pass, 1, keys);
-        }
+        let mut enc = self.encode_forward(1, Logits::Last, true);
         // select_out: [count, _, _, _, id, logit, ...]
         enc.copy_buffer_to_buffer(&self.select_out, 16, &self.tokens, 0, 4);
         enc.copy_buffer_to_buffer(&self.select_out, 0, &self.select_read[slot], 0, 32);
@@ -1364,40 +1349,51 @@ impl Session {
         self.rule.attended_len(self.count + t as u64 - 1) as u32
     }
 
-    /// One block: every op, the head asked for, and with `select` the candidate selection
-    /// (whose output words come back instead of logits).
-    async fn block(&mut self, tokens: &[u32], which: Logits, select: bool) -> Result<Vec<f32>> {
-        let gpu = self.model.gpu.clone();
-        let t = tokens.len() as u32;
-        self.write_step(tokens);
-        let keys = self.block_keys(tokens.len());
+    /// The command encoder of one block of `t` tokens (its step already written): every op, the
+    /// head asked for, and with `select` the candidate selection.
+    fn encode_forward(&mut self, t: u32, which: Logits, select: bool) -> wgpu::CommandEncoder {
+        let keys = self.block_keys(t as usize);
+        let mut enc =
+            self.model
+                .gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("block"),
+                });
         let head = match which {
             Logits::All => &self.head_all[..],
             Logits::Last => &self.head_last[..],
             Logits::Skip => &[][..],
         };
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("block"),
-            });
+        // the last-token head runs on one token whatever the block's length
+        let head_t = if which == Logits::Last { 1 } else { t };
+        let mut dispatches = 0;
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("forward"),
                 timestamp_writes: None,
             });
             for op in &self.body {
-                self.dispatches += op.encode(&mut pass, t, keys);
+                dispatches += op.encode(&mut pass, t, keys);
             }
-            // the last-token head runs on one token whatever the block's length
-            let head_t = if which == Logits::Last { 1 } else { t };
             for op in head {
-                self.dispatches += op.encode(&mut pass, head_t, keys);
+                dispatches += op.encode(&mut pass, head_t, keys);
             }
             if select {
-                self.dispatches += self.select.encode(&mut pass, 1, keys);
+                dispatches += self.select.encode(&mut pass, 1, keys);
             }
         }
+        self.dispatches += dispatches;
+        enc
+    }
+
+    /// One block: every op, the head asked for, and with `select` the candidate selection
+    /// (whose output words come back instead of logits).
+    async fn block(&mut self, tokens: &[u32], which: Logits, select: bool) -> Result<Vec<f32>> {
+        let gpu = self.model.gpu.clone();
+        let t = tokens.len() as u32;
+        self.write_step(tokens);
+        let mut enc = self.encode_forward(t, which, select);
         if select {
             let bytes = self.select_read[0].size();
             enc.copy_buffer_to_buffer(&self.select_out, 0, &self.select_read[0], 0, bytes);
