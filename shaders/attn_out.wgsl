@@ -4,8 +4,13 @@
 // computed once. Scores come four keys at a time, through a uniform window at this query's rows
 // (or, in the wide variant for caches too large for one window, from storage).
 // Two passes over the keys: the maximum score per head, then exp-weighted sums.
+// Split (flash-decoding, SPLIT > 0): workgroup z takes only the keys SPLIT * z .. SPLIT * (z + 1)
+// and writes its unnormalised sums with its maximum and sum of exponentials to `out`, the
+// partials buffer (attn_reduce.wgsl's layout), so that long caches are spread over
+// ceil(keys / SPLIT) times as many workgroups; attn_reduce.wgsl then combines the splits.
 // Dispatch: once per query (the window's dynamic offset; `tile` the query's index), (n_kv_heads,
-// 1, 1); the wide variant once for all queries, (n_kv_heads, T, 1). Workgroup WG >= head_dim / 8.
+// 1, splits); the wide variant once for all queries, (n_kv_heads, T, splits). Workgroup
+// WG >= head_dim / 8.
 
 struct Step { t: u32, n0c: u32, head0: u32, sinks_cached: u32 }
 struct Dims {
@@ -23,6 +28,9 @@ struct Tile { index: u32 }
 
 override G: u32 = 1u;    // query heads per KV head, <= 8
 override WG: u32 = 8u;   // head_dim / 8 rounded up to a multiple of 8
+override SPLIT: u32 = 0u;     // keys per split, a multiple of 4; 0 = one workgroup for all keys
+override NSPLIT: u32 = 1u;    // splits of the longest query (partials layout)
+override ML0: u32 = 0u;       // first vec4 of the (max, sum) records in the partials buffer
 
 // Scores a .. a+3 of query i, head h (a % 4 == 0).
 fn scores4(i: u32, h: u32, a: u32) -> vec4<f32> {
@@ -43,21 +51,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kvd4 = dims.n_kv_heads * hd4;
     let c = min(2u * lid, hd4 - 2u);     // this invocation's first vec4 of the head
     let vb = g * hd4 + c;
-    let a4n = (sp.total + 3u) / 4u;
+    var a4lo = 0u;
+    var a4n = (sp.total + 3u) / 4u;
+    if (SPLIT > 0u) {
+        a4lo = wid.z * (SPLIT / 4u);
+        if (a4lo >= a4n) { return; }
+        a4n = min(a4n, a4lo + SPLIT / 4u);
+    }
     var m: array<f32, 8>;
     var l: array<f32, 8>;
     var acc0: array<vec4<f32>, 8>;
     var acc1: array<vec4<f32>, 8>;
     for (var h = 0u; h < G; h++) {
         var mv = vec4<f32>(-3.0e38);
-        for (var a4 = 0u; a4 < a4n; a4++) {
+        for (var a4 = a4lo; a4 < a4n; a4++) {
             let s = scores4(i, g * G + h, a4 * 4u);
             let k = vec4<u32>(a4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
             mv = max(mv, select(vec4<f32>(-3.0e38), s, k < vec4<u32>(sp.total)));
         }
         m[h] = max(max(mv.x, mv.y), max(mv.z, mv.w));
     }
-    for (var a4 = 0u; a4 < a4n; a4++) {
+    for (var a4 = a4lo; a4 < a4n; a4++) {
         let k = vec4<u32>(a4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
         let valid = k < vec4<u32>(sp.total);
         var p: array<vec4<f32>, 8>;
@@ -77,6 +91,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 acc1[h] += pj * v1;
             }
         }
+    }
+    if (SPLIT > 0u) {
+        for (var h = 0u; h < G; h++) {
+            let rec = (i * dims.n_heads + g * G + h) * NSPLIT + wid.z;
+            if (2u * lid < hd4) {
+                out[rec * hd4 + c] = acc0[h];
+                out[rec * hd4 + c + 1u] = acc1[h];
+            }
+            if (lid == 0u) { out[ML0 + rec] = vec4<f32>(m[h], l[h], 0.0, 0.0); }
+        }
+        return;
     }
     if (2u * lid < hd4) {
         for (var h = 0u; h < G; h++) {

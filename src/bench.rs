@@ -326,6 +326,12 @@ pub fn run(
             format!("prefill block of {}", o.batch),
             s.profile_block(&p)?,
         ));
+        // the same step once the cache is full: every query attends to all S + W keys
+        s.fast_forward((sink.rule().slots() + 1000) as u64);
+        profile.push((
+            format!("decode step, full cache ({} keys)", sink.rule().slots()),
+            s.profile_block(&p[..1])?,
+        ));
     }
 
     Ok(BenchReport {

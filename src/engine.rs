@@ -21,6 +21,9 @@ use crate::tensor::{DType, HostTensor, GPU_GROUP};
 const MATMUL_RG: usize = 4;
 /// Rows per invocation slice: tensors are split across bindings on multiples of this.
 const ROW_CHUNK: usize = GPU_GROUP * MATMUL_RG;
+/// Keys per split of a query's attention output where caches are long (attn_out.wgsl); caches
+/// of fewer than twice this many slots are not split.
+const ATTN_SPLIT: usize = 256;
 /// Floats a uniform window holds.
 const WINDOW_FLOATS: usize = (UNIFORM_WINDOW / 4) as usize;
 /// Most candidates shaders/select.wgsl returns (more means ties: the whole row is read instead).
@@ -299,11 +302,15 @@ enum Grid {
         q_floats: u32,
         keys_per_workgroup: u32,
     },
-    /// (kv_heads, T, 1)
-    PerHead(u32),
-    /// One dispatch of (kv_heads, 1, 1) per query, with dynamic offsets: the window at the
+    /// (heads, T, splits): splits = ceil(keys / split), 1 where split = 0 (attn_out.wgsl)
+    PerHead { heads: u32, split: u32 },
+    /// One dispatch of (kv_heads, 1, splits) per query, with dynamic offsets: the window at the
     /// query's rows (of `row_floats`), the query index.
-    PerQuery { kv_heads: u32, row_floats: u32 },
+    PerQuery {
+        kv_heads: u32,
+        row_floats: u32,
+        split: u32,
+    },
 }
 
 struct Op {
@@ -326,16 +333,18 @@ impl Op {
         };
         pass.set_pipeline(&pipeline.pipeline);
         let tiles = |n: u32| if t > 1 { t.div_ceil(n) } else { 1 };
+        let splits = |split: u32| if split > 0 { keys.div_ceil(split) } else { 1 };
         match self.grid {
             Grid::PerToken => self.once(pass, (t, 1, 1)),
             Grid::PerTokenOfBlocks if t == 1 => 0,
             Grid::PerTokenOfBlocks => self.once(pass, (t, 1, 1)),
             Grid::One => self.once(pass, (1, 1, 1)),
             Grid::Elements(n) => self.once(pass, ((n * t).div_ceil(256), 1, 1)),
-            Grid::PerHead(h) => self.once(pass, (h, t, 1)),
+            Grid::PerHead { heads, split } => self.once(pass, (heads, t, splits(split))),
             Grid::PerQuery {
                 kv_heads,
                 row_floats,
+                split,
             } => {
                 for i in 0..t {
                     pass.set_bind_group(
@@ -343,7 +352,7 @@ impl Op {
                         &self.bind,
                         &[i * row_floats * 4, i * TILE_STRIDE as u32],
                     );
-                    pass.dispatch_workgroups(kv_heads, 1, 1);
+                    pass.dispatch_workgroups(kv_heads, 1, splits(split));
                 }
                 t as u64
             }
@@ -704,6 +713,32 @@ impl Session {
         let rk = if slots >= 512 { 8 } else { 4 }.min(32 / group);
         let scores_consts = |tq: u32| [("G", group), ("RK", rk), ("TQ", tq)];
         let wg_out = ((c.head_dim / 8).div_ceil(8) * 8) as u32;
+        // Long caches spread each query's attention output over splits of ATTN_SPLIT keys
+        // (attn_out.wgsl, attn_reduce.wgsl): partial sums per split, then one reduce.
+        let split = if slots >= 2 * ATTN_SPLIT {
+            ATTN_SPLIT
+        } else {
+            0
+        };
+        let nsplit = slots.div_ceil(ATTN_SPLIT);
+        let hd4 = c.head_dim / 4;
+        let ml0 = max_batch * c.n_heads * nsplit * hd4;
+        let partials = if split > 0 {
+            Some(gpu.storage(
+                "attention_partials",
+                ((ml0 + max_batch * c.n_heads * nsplit) * 16) as u64,
+            )?)
+        } else {
+            None
+        };
+        let out_consts = [
+            ("G", group),
+            ("WG", wg_out),
+            ("SPLIT", split as u32),
+            ("NSPLIT", nsplit as u32),
+            ("ML0", ml0 as u32),
+        ];
+        let out_to = partials.as_ref().unwrap_or(&att);
         let cache_rows = (slots + max_batch) as u64;
 
         for (li, l) in model.layers.iter().enumerate() {
@@ -782,36 +817,62 @@ impl Session {
                 b.op(
                     "attention out",
                     Kernel::AttnOut,
-                    &[("G", group), ("WG", wg_out)],
+                    &out_consts,
                     &[
                         Bind::Whole(&step),
                         Bind::Whole(&attn_dims),
                         Bind::Window(&sc, UNIFORM_WINDOW),
                         Bind::Whole(&vc),
-                        Bind::Whole(&att),
+                        Bind::Whole(out_to),
                         Bind::Window(&tile, 16),
                     ],
                     Grid::PerQuery {
                         kv_heads: c.n_kv_heads as u32,
                         row_floats,
+                        split: split as u32,
                     },
                 )
             } else {
                 b.op(
                     "attention out",
                     Kernel::AttnOutWide,
-                    &[("G", group), ("WG", wg_out)],
+                    &out_consts,
                     &[
                         Bind::Whole(&step),
                         Bind::Whole(&attn_dims),
                         Bind::Whole(&sc),
                         Bind::Whole(&vc),
-                        Bind::Whole(&att),
+                        Bind::Whole(out_to),
                         Bind::Whole(&tile),
                     ],
-                    Grid::PerHead(c.n_kv_heads as u32),
+                    Grid::PerHead {
+                        heads: c.n_kv_heads as u32,
+                        split: split as u32,
+                    },
                 )
             });
+            if let Some(p) = &partials {
+                body.push(b.op(
+                    "attention reduce",
+                    Kernel::AttnReduce,
+                    &[
+                        ("WG", (hd4.div_ceil(8) * 8) as u32),
+                        ("SPLIT", split as u32),
+                        ("NSPLIT", nsplit as u32),
+                        ("ML0", ml0 as u32),
+                    ],
+                    &[
+                        Bind::Whole(&step),
+                        Bind::Whole(&attn_dims),
+                        Bind::Whole(p),
+                        Bind::Whole(&att),
+                    ],
+                    Grid::PerHead {
+                        heads: c.n_heads as u32,
+                        split: 0,
+                    },
+                ));
+            }
             body.push(b.op(
                 "kv_write",
                 Kernel::KvWrite,
@@ -974,6 +1035,7 @@ impl Session {
         let mut keep = b.keep;
         keep.extend([x, xn, xlast, qkv, qr, sc, att, act, dummy, step_one, tile]);
         keep.extend(gate_up);
+        keep.extend(partials);
         keep.extend(caches);
         Ok(Session {
             model,

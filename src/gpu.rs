@@ -18,6 +18,7 @@ const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const KV_WRITE: &str = include_str!("../shaders/kv_write.wgsl");
 const ATTN_SCORES: &str = include_str!("../shaders/attn_scores.wgsl");
 const ATTN_OUT: &str = include_str!("../shaders/attn_out.wgsl");
+const ATTN_REDUCE: &str = include_str!("../shaders/attn_reduce.wgsl");
 const SELECT: &str = include_str!("../shaders/select.wgsl");
 
 /// The WTYPE override constant weights.wgsl switches on.
@@ -48,6 +49,8 @@ pub enum Kernel {
     AttnOut,
     /// attn_out.wgsl reading its scores from storage, for caches too large for one window.
     AttnOutWide,
+    /// Combines the splits of attn_out.wgsl over long caches.
+    AttnReduce,
     Select,
 }
 
@@ -85,6 +88,7 @@ impl Kernel {
                     )
                     .replace("return tile.index;", "return wid.y;")
             ),
+            Kernel::AttnReduce => format!("{ATTN_REDUCE}\n{KEYS}"),
             Kernel::Select => SELECT.into(),
         }
     }
@@ -105,6 +109,7 @@ impl Kernel {
             Kernel::AttnScores => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
             Kernel::AttnOut => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
             Kernel::AttnOutWide => &[Uniform, Uniform, Read, Read, ReadWrite, Uniform],
+            Kernel::AttnReduce => &[Uniform, Uniform, Read, ReadWrite],
             Kernel::Select => &[Uniform, ReadWrite, Read, ReadWrite],
         }
     }

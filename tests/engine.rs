@@ -171,6 +171,31 @@ fn cache_wraps_many_times() {
 }
 
 #[test]
+fn long_caches_split_the_attention_output() {
+    // Caches of 512 slots and more spread each query's keys over splits of 256 (attn_out.wgsl)
+    // and combine them (attn_reduce.wgsl): 3 + 700 slots give up to 3 splits, whose boundaries
+    // fall in the ring, in the block's scratch rows and (block of 300 at the start) near the
+    // sinks; 1,500 tokens wrap the ring twice. The wide variant (scores from storage) splits
+    // too: a dense cache of 4,200 slots, filled past two split boundaries.
+    let spec = TinySpec {
+        n_layers: 1,
+        ..Default::default()
+    };
+    check(
+        &spec,
+        Policy::Sink {
+            sinks: 3,
+            window: 700,
+        },
+        1500,
+        &[300, 1, 64, 7],
+        300,
+        None,
+    );
+    check(&spec, Policy::Dense { max: 4200 }, 600, &[64, 1], 64, None);
+}
+
+#[test]
 fn tensors_split_across_bindings() {
     for dtype in [DType::Q8_0, DType::Q4_1, DType::F16] {
         let spec = TinySpec {

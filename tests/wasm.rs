@@ -306,6 +306,13 @@ async fn cache_wraps_many_times_and_tensors_split() {
         window: 5,
     };
     check(&spec, policy, 200, &[64, 3, 1], 64, None).await;
+    // 2 + 600 slots: each query's attention output split in runs of 256 keys, then combined
+    // (attn_out.wgsl, attn_reduce.wgsl); 700 tokens wrap the ring once
+    let policy = Policy::Sink {
+        sinks: 2,
+        window: 600,
+    };
+    check(&spec, policy, 700, &[64, 1], 64, None).await;
     // 64 rows of the widest matrix per binding: the 301-row embedding and head are split into
     // 5 parts each
     let spec = Spec {
