@@ -834,14 +834,66 @@ fn plot_runs(
     line_plot(path, &spec, &series).with_context(|| format!("--plot {}", path.display()))
 }
 
-fn progress_bar(len: u64) -> ProgressBar {
+/// Progress over tokens: a bar on a terminal; where stderr is a file or a pipe (a long run under
+/// nohup), a plain line every 60 seconds instead (SINKSTREAM_PROGRESS_SECONDS), so that a log
+/// shows how far the run is.
+struct Progress {
+    bar: ProgressBar,
+    len: u64,
+    every: f64,
+    plain: Option<std::cell::Cell<(Instant, u64, Instant)>>,
+}
+
+impl Progress {
+    fn inc(&self, k: u64) {
+        self.bar.inc(k);
+        let Some(state) = &self.plain else { return };
+        let (start, done, last) = state.get();
+        let done = done + k;
+        let now = Instant::now();
+        if now.duration_since(last).as_secs_f64() >= self.every {
+            let secs = now.duration_since(start).as_secs_f64();
+            let rate = done as f64 / secs.max(1e-9);
+            let eta = (self.len.saturating_sub(done)) as f64 / rate.max(1e-9);
+            eprintln!(
+                "sinkstream: {done}/{} tokens, {rate:.1} tokens/s, {:.0} s elapsed, eta {:.0} s",
+                self.len, secs, eta
+            );
+            state.set((start, done, now));
+        } else {
+            state.set((start, done, last));
+        }
+    }
+
+    fn suspend(&self, f: impl FnOnce()) {
+        self.bar.suspend(f)
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear()
+    }
+}
+
+fn progress_bar(len: u64) -> Progress {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     if let Ok(style) =
         ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {per_sec}, eta {eta}")
     {
         bar.set_style(style);
     }
-    bar
+    let now = Instant::now();
+    let plain = (!std::io::stderr().is_terminal()).then(|| std::cell::Cell::new((now, 0, now)));
+    let every = std::env::var("SINKSTREAM_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v >= 0.0)
+        .unwrap_or(60.0);
+    Progress {
+        bar,
+        len,
+        every,
+        plain,
+    }
 }
 
 fn mib(b: u64) -> f64 {
@@ -913,7 +965,7 @@ fn ppl(a: PplArgs) -> Result<()> {
             &mut |k| bar.inc(k as u64),
         )?);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let speed = a.chunk.len() > 1;
     let names: Vec<String> = runs
         .iter()
@@ -1131,7 +1183,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         });
         runs.push(r);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let name = a.text.file_name().unwrap_or_default().to_string_lossy();
     let table = eval::table_markdown(&runs);
     println!("{name}, {n} tokens, cache {} slots\n\n{table}", a.cache);

@@ -334,6 +334,22 @@ fn ppl_chunked_equals_token_by_token() {
             assert!(v.is_finite() && v > 0.0, "{k} = {v} in {j}");
         }
     }
+    // stderr is a pipe here: progress comes as plain lines, one per step with an interval of 0
+    let o = bin()
+        .args([
+            "ppl", "--text", f, "--tokens", "30", "--window", "12", "--chunk", "8",
+        ])
+        .env("SINKSTREAM_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for done in [8, 16, 24, 29] {
+        assert!(
+            err.contains(&format!("sinkstream: {done}/29 tokens, ")),
+            "progress line for {done} tokens missing: {err}"
+        );
+    }
     let (pa, pb) = (a["ppl"].as_f64().unwrap(), b["ppl"].as_f64().unwrap());
     assert!(
         ((pa - pb) / pb).abs() < 1e-3,
