@@ -720,9 +720,14 @@ impl Session {
         } else {
             0
         };
-        let nsplit = slots.div_ceil(ATTN_SPLIT);
         let hd4 = c.head_dim / 4;
-        let ml0 = max_batch * c.n_heads * nsplit * hd4;
+        // (unsplit sessions get the same constants whatever their size: one pipeline for all)
+        let (nsplit, ml0) = if split > 0 {
+            let n = slots.div_ceil(ATTN_SPLIT);
+            (n, max_batch * c.n_heads * n * hd4)
+        } else {
+            (1, 0)
+        };
         let partials = if split > 0 {
             Some(gpu.storage(
                 "attention_partials",
