@@ -9,6 +9,9 @@
 // Dispatch, once per tile of TT tokens (dynamic offsets: X at the tile's first token, `tile` its
 // index): (ceil(ceil(N / 8) / RG * 8 / 64), 1, 1), workgroup 64.
 // flags: 1 = accumulate into Y (fuses the residual add), 2 = add bias, 4 = SwiGLU.
+// Kernel::MatmulRope appends rope.wgsl (ROPE = true): the Q/K/V projection, whose outputs go
+// through rope_pair to the rotated queries and the cache instead of Y; otherwise a stub
+// (ROPE = false) is appended.
 
 struct Step { t: u32, n0c: u32, head0: u32, sinks_cached: u32 }
 struct Dims {
@@ -95,6 +98,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var t = 0u; t < TT; t++) {
             if (t >= tn) { break; }
             let v = acc[r * TT + t];
+            if (ROPE) {
+                // rotation pairs sit in the same lane of row groups 2j and 2j + 1 (rope.wgsl)
+                let n = g * 8u + lane;
+                if (r % 2u == 0u && n < dims.n) {
+                    var a = v;
+                    var b = acc[(r + 1u) * TT + t];
+                    if ((dims.flags & 2u) != 0u) {
+                        a += bias[n];
+                        b += bias[n + 8u];
+                    }
+                    rope_pair(t0 + t, dims.y_offset + n, a, b);
+                }
+                continue;
+            }
             let row0 = (t0 + t) * dims.y_stride;
             if ((dims.flags & 4u) != 0u) {
                 let o = dims.y_offset + (g / 2u) * 8u + lane;

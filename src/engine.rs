@@ -162,6 +162,73 @@ fn interleave_gate_up(name: &str, gate: &HostTensor, up: &HostTensor) -> Option<
     })
 }
 
+/// Rows per section block of the Q/K/V projection (shaders/rope.wgsl): Q, K and V are each
+/// padded to whole blocks.
+const QKV_BLOCK: usize = 2 * GPU_GROUP;
+
+/// The upload order of the rows of a Q or K projection (`pairs`) or of V, as the source row of
+/// each uploaded row (None: a zero row of padding). Rotation pair pr, numbered head by head, goes
+/// to lane pr % 8 of row groups 2 (pr / 8) and 2 (pr / 8) + 1, so that one matmul invocation
+/// holds both its rows and rotates them in its epilogue; V keeps its order. Both are padded to
+/// whole blocks of QKV_BLOCK rows.
+fn qkv_order(rows: usize, head_dim: usize, layout: RopeLayout, pairs: bool) -> Vec<Option<usize>> {
+    let mut order = vec![None; rows.next_multiple_of(QKV_BLOCK)];
+    if !pairs {
+        for (r, o) in order.iter_mut().enumerate().take(rows) {
+            *o = Some(r);
+        }
+        return order;
+    }
+    let half = head_dim / 2;
+    for pr in 0..rows / 2 {
+        let (h, p) = (pr / half, pr % half);
+        for k in 0..2 {
+            let within = match layout {
+                RopeLayout::Adjacent => 2 * p + k,
+                RopeLayout::Half => p + k * half,
+            };
+            order[(pr / GPU_GROUP) * QKV_BLOCK + k * GPU_GROUP + pr % GPU_GROUP] =
+                Some(h * head_dim + within);
+        }
+    }
+    order
+}
+
+/// Rows of `row_bytes` each taken in `order` (zeros for None).
+fn reorder_rows(data: &[u8], row_bytes: usize, order: &[Option<usize>]) -> Vec<u8> {
+    let mut out = vec![0u8; order.len() * row_bytes];
+    for (dst, src) in order.iter().enumerate() {
+        if let Some(r) = src {
+            out[dst * row_bytes..(dst + 1) * row_bytes]
+                .copy_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+        }
+    }
+    out
+}
+
+/// A projection and its bias with rows in `order`.
+fn reorder_proj(
+    t: &HostTensor,
+    bias: &Option<HostTensor>,
+    order: &[Option<usize>],
+) -> (HostTensor, Option<HostTensor>) {
+    let m = HostTensor {
+        name: t.name.clone(),
+        dtype: t.dtype,
+        rows: order.len(),
+        cols: t.cols,
+        data: reorder_rows(&t.data, t.row_bytes(), order),
+    };
+    let b = bias.as_ref().map(|b| HostTensor {
+        name: b.name.clone(),
+        dtype: b.dtype,
+        rows: 1,
+        cols: order.len(),
+        data: reorder_rows(&b.data, 4, order),
+    });
+    (m, b)
+}
+
 /// A model's weights on the GPU, shared by any number of sessions.
 pub struct GpuModel {
     pub gpu: Arc<Gpu>,
@@ -170,6 +237,9 @@ pub struct GpuModel {
     head: Option<GpuMatrix>,
     layers: Vec<GpuLayer>,
     final_norm: GpuBuffer,
+    /// Rows of the Q section and of the K and V sections of the Q/K/V projection's output, each
+    /// padded to whole blocks (`qkv_order`).
+    qkv_rows: (usize, usize),
 }
 
 impl GpuModel {
@@ -201,10 +271,18 @@ impl GpuModel {
         let vec = |t: &HostTensor| gpu.storage_init(&t.name, &t.data);
         let opt = |t: &Option<HostTensor>| t.as_ref().map(vec).transpose();
         let mut layers = Vec::with_capacity(w.layers.len());
+        let (hd, layout) = (c.head_dim, c.rope_layout);
+        let q_order = qkv_order(c.q_dim(), hd, layout, true);
+        let k_order = qkv_order(c.kv_dim(), hd, layout, true);
+        let v_order = qkv_order(c.kv_dim(), hd, layout, false);
+        let (q_rows, kv_rows) = (q_order.len(), k_order.len());
         for (i, l) in w.layers.iter().enumerate() {
-            let qkv = match stack_rows(&format!("blk.{i}.attn_qkv"), &[&l.wq, &l.wk, &l.wv]) {
-                Some(t) if l.bq.is_some() == l.bk.is_some() && l.bk.is_some() == l.bv.is_some() => {
-                    let bias = match (&l.bq, &l.bk, &l.bv) {
+            let (wq, bq) = reorder_proj(&l.wq, &l.bq, &q_order);
+            let (wk, bk) = reorder_proj(&l.wk, &l.bk, &k_order);
+            let (wv, bv) = reorder_proj(&l.wv, &l.bv, &v_order);
+            let qkv = match stack_rows(&format!("blk.{i}.attn_qkv"), &[&wq, &wk, &wv]) {
+                Some(t) if bq.is_some() == bk.is_some() && bk.is_some() == bv.is_some() => {
+                    let bias = match (&bq, &bk, &bv) {
                         (Some(a), Some(b), Some(d)) => {
                             let data: Vec<u8> = [a, b, d]
                                 .iter()
@@ -222,19 +300,19 @@ impl GpuModel {
                 }
                 _ => vec![
                     Proj {
-                        m: mat(&l.wq)?,
-                        bias: opt(&l.bq)?,
+                        m: mat(&wq)?,
+                        bias: opt(&bq)?,
                         offset: 0,
                     },
                     Proj {
-                        m: mat(&l.wk)?,
-                        bias: opt(&l.bk)?,
-                        offset: c.q_dim(),
+                        m: mat(&wk)?,
+                        bias: opt(&bk)?,
+                        offset: q_rows,
                     },
                     Proj {
-                        m: mat(&l.wv)?,
-                        bias: opt(&l.bv)?,
-                        offset: c.q_dim() + c.kv_dim(),
+                        m: mat(&wv)?,
+                        bias: opt(&bv)?,
+                        offset: q_rows + kv_rows,
                     },
                 ],
             };
@@ -262,6 +340,7 @@ impl GpuModel {
             head: w.lm_head.as_ref().map(mat).transpose()?,
             layers,
             final_norm: vec(&w.final_norm)?,
+            qkv_rows: (q_rows, kv_rows),
             gpu,
         })
     }
@@ -504,6 +583,8 @@ impl Builder<'_> {
 
     /// Y (+)= X W^T for every part of `m`: X is read through uniform windows, Y written from
     /// column `offset` in rows of `stride`. `swiglu`: `m` is gate/up interleaved, Y = silu(g) * u.
+    /// `rope`: the Q/K/V projection, its outputs rotated and staged by rope.wgsl, which takes
+    /// these resources (bindings 7..).
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &mut self,
@@ -517,9 +598,15 @@ impl Builder<'_> {
         bias: Option<&GpuBuffer>,
         accumulate: bool,
         swiglu: bool,
+        rope: Option<&[Bind]>,
     ) {
         let tt = m.tile_tokens();
         let wt = wtype(m.dtype);
+        let kernel = if rope.is_some() {
+            Kernel::MatmulRope
+        } else {
+            Kernel::Matmul
+        };
         for (buf, r0, rows) in &m.parts {
             let flags = accumulate as u32 | ((bias.is_some() as u32) << 1) | ((swiglu as u32) << 2);
             let (y_offset, out_n) = if swiglu {
@@ -543,19 +630,21 @@ impl Builder<'_> {
             let b = bias.map(|b| &b.buffer).unwrap_or(&self.dummy.buffer);
             let slots = (rows.div_ceil(GPU_GROUP)).div_ceil(MATMUL_RG) * GPU_GROUP;
             let rg = MATMUL_RG as u32;
+            let mut res = vec![
+                Bind::Whole(step),
+                Bind::Whole(&dims),
+                Bind::Whole(buf),
+                Bind::Window(x, UNIFORM_WINDOW),
+                Bind::Whole(y),
+                Bind::Whole(b),
+                Bind::Window(&self.tile.buffer, 16),
+            ];
+            res.extend(rope.unwrap_or(&[]).iter().copied());
             let mut op = self.op(
                 name,
-                Kernel::Matmul,
+                kernel,
                 &[("WTYPE", wt), ("TT", 1), ("RG", rg)],
-                &[
-                    Bind::Whole(step),
-                    Bind::Whole(&dims),
-                    Bind::Whole(buf),
-                    Bind::Window(x, UNIFORM_WINDOW),
-                    Bind::Whole(y),
-                    Bind::Whole(b),
-                    Bind::Window(&self.tile.buffer, 16),
-                ],
+                &res,
                 Grid::Matmul {
                     workgroups: slots.div_ceil(64) as u32,
                     k: m.cols as u32,
@@ -564,7 +653,7 @@ impl Builder<'_> {
             );
             op.multi = Some(
                 self.gpu
-                    .pipeline(Kernel::Matmul, &[("WTYPE", wt), ("TT", tt), ("RG", rg)]),
+                    .pipeline(kernel, &[("WTYPE", wt), ("TT", tt), ("RG", rg)]),
             );
             ops.push(op);
         }
@@ -585,7 +674,6 @@ impl Session {
         let tb = max_batch as u64;
         let slots = rule.slots();
         let (dim, qd, kvd, ffn, vocab) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab);
-        let qkv_stride = qd + 2 * kvd;
         let group = (c.n_heads / c.n_kv_heads) as u32;
         // Queries per attention tile: as many as one uniform window holds (ring and sink
         // rotations), a power of two so tile offsets stay aligned.
@@ -620,7 +708,6 @@ impl Session {
         let x = gpu.storage("x", tb * dim as u64 * f)?;
         let xn = gpu.windowed("xn", tb * dim as u64 * f)?;
         let xlast = gpu.windowed("xlast", dim as u64 * f)?;
-        let qkv = gpu.storage("qkv", tb * qkv_stride as u64 * f)?;
         let qr = gpu.windowed("q_rotated", tb * 2 * qd as u64 * f)?;
         // score rows padded to 64 floats, so that each query's rows start on a window offset
         let lstride = slots.div_ceil(64) * 64;
@@ -631,6 +718,8 @@ impl Session {
         let readback = gpu.readback("logits_readback", tb * vocab as u64 * f);
         let rot = gpu.storage("rotations", tb * c.head_dim as u64 * 2 * f)?;
         let dummy = gpu.storage("dummy", 4)?;
+        // Y of the Q/K/V projection, whose outputs go elsewhere (rope.wgsl)
+        let no_output = gpu.storage("no_output", 4)?;
         let split_ffn = model
             .layers
             .iter()
@@ -685,10 +774,10 @@ impl Session {
                 c.n_kv_heads as u32,
                 c.head_dim as u32,
                 (c.rope_layout == RopeLayout::Half) as u32,
-                qkv_stride as u32,
+                model.qkv_rows.0 as u32,
+                model.qkv_rows.1 as u32,
                 scratch,
                 rule.sinks as u32,
-                0,
             ],
         );
         let attn_dims = b.uniform(
@@ -765,35 +854,28 @@ impl Session {
                 )
             };
             body.push(norm(&b, &l.attn_norm, &xn));
+            let rope = [
+                Bind::Whole(&rope_dims),
+                Bind::Whole(&rot),
+                Bind::Whole(&qr),
+                Bind::Whole(&kc),
+                Bind::Whole(&vc),
+            ];
             for p in &l.qkv {
                 b.matmul(
                     &mut body,
-                    "matmul qkv",
+                    "matmul qkv + rope",
                     &step,
                     &p.m,
                     &xn,
-                    &qkv,
-                    (qkv_stride, p.offset),
+                    &no_output,
+                    (0, p.offset),
                     p.bias.as_ref(),
                     false,
                     false,
+                    Some(&rope),
                 );
             }
-            body.push(b.op(
-                "rope",
-                Kernel::Rope,
-                &[],
-                &[
-                    Bind::Whole(&step),
-                    Bind::Whole(&rope_dims),
-                    Bind::Whole(&qkv),
-                    Bind::Whole(&rot),
-                    Bind::Whole(&qr),
-                    Bind::Whole(&kc),
-                    Bind::Whole(&vc),
-                ],
-                Grid::PerToken,
-            ));
             let scores_res = [
                 Bind::Whole(&step),
                 Bind::Whole(&attn_dims),
@@ -901,6 +983,7 @@ impl Session {
                 None,
                 true,
                 false,
+                None,
             );
             body.push(norm(&b, &l.ffn_norm, &xn));
             match &l.up {
@@ -915,6 +998,7 @@ impl Session {
                     None,
                     false,
                     true,
+                    None,
                 ),
                 FfnUp::Split(gate, up) => {
                     let gu = gate_up
@@ -932,6 +1016,7 @@ impl Session {
                             None,
                             false,
                             false,
+                            None,
                         );
                     }
                     body.push(b.op(
@@ -959,6 +1044,7 @@ impl Session {
                 None,
                 true,
                 false,
+                None,
             );
             caches.push(kc);
             caches.push(vc);
@@ -988,6 +1074,7 @@ impl Session {
             None,
             false,
             false,
+            None,
         );
         let mut head_last = vec![b.op(
             "rmsnorm",
@@ -1013,6 +1100,7 @@ impl Session {
             None,
             false,
             false,
+            None,
         );
 
         // candidate selection for the sampler, on the last token's row of logits
@@ -1038,7 +1126,7 @@ impl Session {
         );
 
         let mut keep = b.keep;
-        keep.extend([x, xn, xlast, qkv, qr, sc, att, act, dummy, step_one, tile]);
+        keep.extend([x, xn, xlast, qr, sc, att, act, dummy, no_output, step_one, tile]);
         keep.extend(gate_up);
         keep.extend(partials);
         keep.extend(caches);

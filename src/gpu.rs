@@ -15,6 +15,8 @@ const EMBED: &str = include_str!("../shaders/embed.wgsl");
 const RMSNORM: &str = include_str!("../shaders/rmsnorm.wgsl");
 const SILU_MUL: &str = include_str!("../shaders/silu_mul.wgsl");
 const ROPE: &str = include_str!("../shaders/rope.wgsl");
+/// matmul.wgsl's epilogue hook where the projection has no RoPE (Kernel::Matmul).
+const NO_ROPE: &str = "const ROPE = false;\nfn rope_pair(i: u32, c: u32, a: f32, b: f32) {}\n";
 const KV_WRITE: &str = include_str!("../shaders/kv_write.wgsl");
 const ATTN_SCORES: &str = include_str!("../shaders/attn_scores.wgsl");
 const ATTN_OUT: &str = include_str!("../shaders/attn_out.wgsl");
@@ -40,10 +42,11 @@ pub const UNIFORM_WINDOW: u64 = 65536;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Kernel {
     Matmul,
+    /// The Q/K/V projection with RoPE and the cache staging in its epilogue (rope.wgsl).
+    MatmulRope,
     Embed,
     RmsNorm,
     SiluMul,
-    Rope,
     KvWrite,
     AttnScores,
     AttnOut,
@@ -67,11 +70,11 @@ enum Slot {
 impl Kernel {
     fn source(self) -> String {
         match self {
-            Kernel::Matmul => format!("{MATMUL}\n{WEIGHTS}"),
+            Kernel::Matmul => format!("{MATMUL}\n{WEIGHTS}\n{NO_ROPE}"),
+            Kernel::MatmulRope => format!("{MATMUL}\n{WEIGHTS}\n{ROPE}"),
             Kernel::Embed => format!("{EMBED}\n{WEIGHTS}"),
             Kernel::RmsNorm => RMSNORM.into(),
             Kernel::SiluMul => SILU_MUL.into(),
-            Kernel::Rope => ROPE.into(),
             Kernel::KvWrite => KV_WRITE.into(),
             Kernel::AttnScores => format!("{ATTN_SCORES}\n{KEYS}"),
             Kernel::AttnOut => format!("{ATTN_OUT}\n{KEYS}"),
@@ -102,8 +105,9 @@ impl Kernel {
             Kernel::Embed => &[Uniform, Uniform, Read, Read, ReadWrite],
             Kernel::RmsNorm => &[Uniform, Uniform, Read, Read, ReadWrite],
             Kernel::SiluMul => &[Uniform, Uniform, ReadWrite, Read],
-            Kernel::Rope => &[
-                Uniform, Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite,
+            Kernel::MatmulRope => &[
+                Uniform, Uniform, Read, UniformDyn, ReadWrite, Read, UniformDyn, Uniform, Read,
+                ReadWrite, ReadWrite, ReadWrite,
             ],
             Kernel::KvWrite => &[Uniform, Uniform, ReadWrite, ReadWrite],
             Kernel::AttnScores => &[Uniform, Uniform, UniformDyn, Read, ReadWrite, UniformDyn],
@@ -126,6 +130,7 @@ pub struct Pipeline {
 }
 
 /// One resource of a bind group: a whole buffer, or a window of one (dynamic uniform slots).
+#[derive(Clone, Copy)]
 pub enum Bind<'a> {
     Whole(&'a wgpu::Buffer),
     Window(&'a wgpu::Buffer, u64),

@@ -107,6 +107,47 @@ fn rotate_half_bias_and_untied_head() {
     );
 }
 
+/// The Q/K/V projection's rows are reordered into rotation pairs and padded to blocks of 16
+/// per section (src/engine.rs `qkv_order`): K/V widths of 24, and heads of 8 whose pairs'
+/// blocks span two heads.
+#[test]
+fn projection_sections_not_whole_blocks() {
+    let spec = TinySpec {
+        n_heads: 4,
+        n_kv_heads: 1,
+        ..Default::default()
+    };
+    check(
+        &spec,
+        Policy::Sink {
+            sinks: 2,
+            window: 9,
+        },
+        40,
+        &[7, 1, 11],
+        16,
+        None,
+    );
+    let spec = TinySpec {
+        n_heads: 12,
+        n_kv_heads: 3,
+        layout: RopeLayout::Half,
+        bias: true,
+        ..Default::default()
+    };
+    check(
+        &spec,
+        Policy::Sink {
+            sinks: 2,
+            window: 9,
+        },
+        40,
+        &[7, 1, 11],
+        16,
+        None,
+    );
+}
+
 #[test]
 fn every_policy_matches_cpu() {
     let spec = TinySpec::default();
