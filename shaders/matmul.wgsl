@@ -7,7 +7,7 @@
 // consecutive memory); each weight is dequantised once per tile and each X value, the same for
 // every invocation, is read from a uniform buffer and used RG times.
 // Dispatch, once per tile of TT tokens (dynamic offsets: X at the tile's first token, `tile` its
-// index): (ceil(ceil(N / 8) / RG * 8 / 64), 1, 1), workgroup 64.
+// index): (ceil(ceil(N / 8) / RG * 8 / WGS), 1, 1), workgroup WGS.
 // flags: 1 = accumulate into Y (fuses the residual add), 2 = add bias, 4 = SwiGLU.
 // Kernel::MatmulRope appends rope.wgsl (ROPE = true): the Q/K/V projection, whose outputs go
 // through rope_pair to the rotated queries and the cache instead of Y; otherwise a stub
@@ -30,6 +30,7 @@ struct Tile { index: u32 }
 
 override TT: u32 = 1u;   // tokens per invocation, RG * TT <= 32
 override RG: u32 = 4u;   // row groups per invocation, <= 4 (even for SwiGLU)
+override WGS: u32 = 64u; // invocations per workgroup, a multiple of 8
 
 // Quarter s (weights 4s .. 4s+3, s a literal) of unit u for every row and token of the tile:
 // acc[r * TT + t] += w[r, 32u + 4s ..] . X[t, 32u + 4s ..]. The payload vec4 holding the quarter
@@ -49,9 +50,9 @@ fn prefill_quarter(s: u32, u: u32, base: ptr<function, array<u32, 4>>,
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WGS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let slot = wid.x * 64u + lid;
+    let slot = wid.x * WGS + lid;
     let lane = slot % 8u;
     let g0 = (slot / 8u) * RG;
     let ngroups = (dims.n + 7u) / 8u;

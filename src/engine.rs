@@ -553,6 +553,8 @@ struct Builder<'a> {
     keep: Vec<GpuBuffer>,
     tile: &'a GpuBuffer,
     dummy: &'a GpuBuffer,
+    /// Invocations per matmul workgroup (matmul.wgsl's WGS).
+    matmul_wgs: u32,
 }
 
 impl Builder<'_> {
@@ -630,6 +632,7 @@ impl Builder<'_> {
             let b = bias.map(|b| &b.buffer).unwrap_or(&self.dummy.buffer);
             let slots = (rows.div_ceil(GPU_GROUP)).div_ceil(MATMUL_RG) * GPU_GROUP;
             let rg = MATMUL_RG as u32;
+            let wgs = self.matmul_wgs;
             let mut res = vec![
                 Bind::Whole(step),
                 Bind::Whole(&dims),
@@ -643,18 +646,18 @@ impl Builder<'_> {
             let mut op = self.op(
                 name,
                 kernel,
-                &[("WTYPE", wt), ("TT", 1), ("RG", rg)],
+                &[("WTYPE", wt), ("TT", 1), ("RG", rg), ("WGS", wgs)],
                 &res,
                 Grid::Matmul {
-                    workgroups: slots.div_ceil(64) as u32,
+                    workgroups: slots.div_ceil(wgs as usize) as u32,
                     k: m.cols as u32,
                     tt,
                 },
             );
-            op.multi = Some(
-                self.gpu
-                    .pipeline(kernel, &[("WTYPE", wt), ("TT", tt), ("RG", rg)]),
-            );
+            op.multi = Some(self.gpu.pipeline(
+                kernel,
+                &[("WTYPE", wt), ("TT", tt), ("RG", rg), ("WGS", wgs)],
+            ));
             ops.push(op);
         }
     }
@@ -730,11 +733,16 @@ impl Session {
             None
         };
 
+        let cpu_device = gpu.info.device_type == wgpu::DeviceType::Cpu;
         let mut b = Builder {
             gpu: &gpu,
             keep: Vec::new(),
             tile: &tile,
             dummy: &dummy,
+            // On a CPU device each workgroup runs on one worker thread, 8 invocations at a time:
+            // workgroups of 8 spread the small projections (576 rows: 18 SIMD groups) evenly
+            // over the threads, where workgroups of 64 leave one thread a third more work.
+            matmul_wgs: if cpu_device { 8 } else { 64 },
         };
         let mut body = Vec::new();
         let mut caches = Vec::new();
@@ -764,6 +772,9 @@ impl Session {
                 Grid::PerToken,
             ));
         }
+        // threads per norm row: no more than one SIMD group where workgroups run on a CPU
+        // (fewer barrier steps), a workgroup of 64 elsewhere
+        let norm_nt: u32 = if cpu_device { 8 } else { 64 };
         let norm_dims = b.uniform("norm_dims", &[dim as u32, c.norm_eps.to_bits(), 0, 0]);
         let norm_last_dims = b.uniform("norm_last_dims", &[dim as u32, c.norm_eps.to_bits(), 1, 0]);
         let scratch = slots as u32;
@@ -842,7 +853,7 @@ impl Session {
                 b.op(
                     "rmsnorm",
                     Kernel::RmsNorm,
-                    &[],
+                    &[("NT", norm_nt)],
                     &[
                         Bind::Whole(&step),
                         Bind::Whole(&norm_dims),
@@ -1053,7 +1064,7 @@ impl Session {
         let mut head_all = vec![b.op(
             "rmsnorm",
             Kernel::RmsNorm,
-            &[],
+            &[("NT", norm_nt)],
             &[
                 Bind::Whole(&step),
                 Bind::Whole(&norm_dims),
@@ -1079,7 +1090,7 @@ impl Session {
         let mut head_last = vec![b.op(
             "rmsnorm",
             Kernel::RmsNorm,
-            &[],
+            &[("NT", norm_nt)],
             &[
                 Bind::Whole(&step),
                 Bind::Whole(&norm_last_dims),
@@ -1126,7 +1137,9 @@ impl Session {
         );
 
         let mut keep = b.keep;
-        keep.extend([x, xn, xlast, qr, sc, att, act, dummy, no_output, step_one, tile]);
+        keep.extend([
+            x, xn, xlast, qr, sc, att, act, dummy, no_output, step_one, tile,
+        ]);
         keep.extend(gate_up);
         keep.extend(partials);
         keep.extend(caches);
