@@ -1599,9 +1599,9 @@ pub struct OpTime {
 }
 
 impl Session {
-    /// Runs one block like `feed` with `Logits::Last`, but with every op in its own compute
-    /// pass bracketed by GPU timestamps; returns the time per kind of op, largest first.
-    /// Needs the adapter's TIMESTAMP_QUERY feature (native only).
+    /// Runs one block like `feed` with `Logits::Last` and the greedy pick on the GPU, but with
+    /// every op in its own compute pass bracketed by GPU timestamps; returns the time per kind of
+    /// op, largest first. Needs the adapter's TIMESTAMP_QUERY feature (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_block(&mut self, tokens: &[u32]) -> Result<Vec<OpTime>> {
         let gpu = self.model.gpu.clone();
@@ -1623,7 +1623,13 @@ impl Session {
                 "profile one block of 1..=max_batch tokens (not under recompute)",
             ));
         }
-        let ops: Vec<&Op> = self.body.iter().chain(&self.head_last).collect();
+        // the head of the last token, then the greedy pick as a decode step makes it
+        let ops: Vec<&Op> = self
+            .body
+            .iter()
+            .chain(&self.head_last)
+            .chain([&self.select])
+            .collect();
         let n = ops.len() as u32 * 2;
         let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("profile"),
@@ -1643,6 +1649,18 @@ impl Session {
             mapped_at_creation: false,
         });
         self.write_step(tokens);
+        let greedy = [
+            self.model.config.vocab as u32,
+            1,
+            1f32.to_bits(),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        gpu.queue
+            .write_buffer(&self.select_params, 0, bytemuck::cast_slice(&greedy));
         let keys = self.block_keys(tokens.len());
         let t = tokens.len() as u32;
         let mut enc = gpu
