@@ -35,7 +35,9 @@ fn i8x4(v: u32) -> vec4<f32> {
 }
 
 fn nib4(v: u32, shift: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(v) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(15u));
+    // through i32: the nibbles are small, and a signed conversion is one instruction on CPUs
+    // where an unsigned one is not
+    return vec4<f32>(bitcast<vec4<i32>>((vec4<u32>(v) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(15u)));
 }
 
 // A unit's scale word as (d, m): w = d * raw + m for raw values from `raw4` (1, 0 for floats).
