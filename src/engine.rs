@@ -399,6 +399,10 @@ struct Op {
     pipeline: Arc<Pipeline>,
     /// The variant for blocks of more than one token, where there is one.
     multi: Option<Arc<Pipeline>>,
+    /// Attention scores of a single query: the variants with 1, 2, .. keys per invocation (RK),
+    /// the fewest that cover the keys with as many workgroups as the largest would take, so a
+    /// partly filled cache computes no more scores than it holds (attn_scores.wgsl).
+    by_keys: Vec<Arc<Pipeline>>,
     bind: wgpu::BindGroup,
     grid: Grid,
 }
@@ -406,10 +410,26 @@ struct Op {
 impl Op {
     /// Records the op's dispatches for a block of `t` tokens whose last query sees `keys` keys.
     fn encode(&self, pass: &mut wgpu::ComputePass, t: u32, keys: u32) -> u64 {
-        let pipeline = match (&self.multi, t > 1) {
+        let mut pipeline = match (&self.multi, t > 1) {
             (Some(m), true) => m,
             _ => &self.pipeline,
         };
+        // (keys per workgroup of a single query's scores: 64 x RK)
+        let mut kpw = 0;
+        if let Grid::Scores {
+            keys_per_workgroup, ..
+        } = self.grid
+        {
+            kpw = keys_per_workgroup;
+            if t == 1 && !self.by_keys.is_empty() {
+                let workgroups = keys.div_ceil(keys_per_workgroup);
+                let rk = keys
+                    .div_ceil(64 * workgroups)
+                    .clamp(1, self.by_keys.len() as u32);
+                pipeline = &self.by_keys[rk as usize - 1];
+                kpw = 64 * rk;
+            }
+        }
         pass.set_pipeline(&pipeline.pipeline);
         let tiles = |n: u32| if t > 1 { t.div_ceil(n) } else { 1 };
         let splits = |split: u32| if split > 0 { keys.div_ceil(split) } else { 1 };
@@ -449,18 +469,14 @@ impl Op {
                 kv_heads,
                 tq,
                 q_floats,
-                keys_per_workgroup,
+                ..
             } => {
                 let tq = if t > 1 { tq } else { 1 };
                 let n = tiles(tq);
                 for i in 0..n {
                     let q = i * tq * q_floats * 4;
                     pass.set_bind_group(0, &self.bind, &[q, i * TILE_STRIDE as u32]);
-                    pass.dispatch_workgroups(
-                        keys.div_ceil(keys_per_workgroup),
-                        kv_heads,
-                        tq.min(t),
-                    );
+                    pass.dispatch_workgroups(keys.div_ceil(kpw), kv_heads, tq.min(t));
                 }
                 n as u64
             }
@@ -579,6 +595,7 @@ impl Builder<'_> {
             bind: self.gpu.bind(&pipeline, name, res),
             pipeline,
             multi: None,
+            by_keys: Vec::new(),
             grid,
         }
     }
@@ -908,6 +925,9 @@ impl Session {
                 },
             );
             op.multi = Some(gpu.pipeline(Kernel::AttnScores, &scores_consts(tq as u32)));
+            op.by_keys = (1..=rk)
+                .map(|r| gpu.pipeline(Kernel::AttnScores, &[("G", group), ("RK", r), ("TQ", 1)]))
+                .collect();
             body.push(op);
             // the scores of one query through a uniform window where they fit one
             let row_floats = (c.n_heads * lstride) as u32;
