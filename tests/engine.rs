@@ -112,40 +112,33 @@ fn rotate_half_bias_and_untied_head() {
 /// blocks span two heads.
 #[test]
 fn projection_sections_not_whole_blocks() {
-    let spec = TinySpec {
-        n_heads: 4,
-        n_kv_heads: 1,
-        ..Default::default()
-    };
-    check(
-        &spec,
-        Policy::Sink {
-            sinks: 2,
-            window: 9,
+    let specs = [
+        TinySpec {
+            n_heads: 4,
+            n_kv_heads: 1,
+            ..Default::default()
         },
-        40,
-        &[7, 1, 11],
-        16,
-        None,
-    );
-    let spec = TinySpec {
-        n_heads: 12,
-        n_kv_heads: 3,
-        layout: RopeLayout::Half,
-        bias: true,
-        ..Default::default()
-    };
-    check(
-        &spec,
-        Policy::Sink {
-            sinks: 2,
-            window: 9,
+        TinySpec {
+            n_heads: 12,
+            n_kv_heads: 3,
+            layout: RopeLayout::Half,
+            bias: true,
+            ..Default::default()
         },
-        40,
-        &[7, 1, 11],
-        16,
-        None,
-    );
+    ];
+    for spec in &specs {
+        check(
+            spec,
+            Policy::Sink {
+                sinks: 2,
+                window: 9,
+            },
+            40,
+            &[7, 1, 11],
+            16,
+            None,
+        );
+    }
 }
 
 #[test]
