@@ -211,22 +211,29 @@ fn long_caches_split_the_attention_output() {
     // fall in the ring, in the block's scratch rows and (block of 300 at the start) near the
     // sinks; 1,500 tokens wrap the ring twice. The wide variant (scores from storage) splits
     // too: a dense cache of 4,200 slots, filled past two split boundaries.
-    let spec = TinySpec {
-        n_layers: 1,
-        ..Default::default()
-    };
-    check(
-        &spec,
-        Policy::Sink {
-            sinks: 3,
-            window: 700,
-        },
-        1500,
-        &[300, 1, 64, 7],
-        300,
-        None,
-    );
-    check(&spec, Policy::Dense { max: 4200 }, 600, &[64, 1], 64, None);
+    // Three head shapes: 24 dimensions with 2 query heads per KV head, 32 with 2, and 64 with 3
+    // (the default model's).
+    for (dim, n_heads, n_kv_heads) in [(96, 4, 2), (128, 4, 2), (192, 3, 1)] {
+        let spec = TinySpec {
+            n_layers: 1,
+            dim,
+            n_heads,
+            n_kv_heads,
+            ..Default::default()
+        };
+        check(
+            &spec,
+            Policy::Sink {
+                sinks: 3,
+                window: 700,
+            },
+            1500,
+            &[300, 1, 64, 7],
+            300,
+            None,
+        );
+        check(&spec, Policy::Dense { max: 4200 }, 600, &[64, 1], 64, None);
+    }
 }
 
 #[test]
