@@ -12,6 +12,9 @@
 // Kernel::MatmulRope appends rope.wgsl (ROPE = true): the Q/K/V projection, whose outputs go
 // through rope_pair to the rotated queries and the cache instead of Y; otherwise a stub
 // (ROPE = false) is appended.
+// Subgroup variant (src/gpu.rs `matmul`, native adapters with subgroups of 8 or more): main also
+// takes its subgroup lane and the decode product's X loads become one load per invocation and
+// subgroup broadcasts, so a SIMD group of 8 loads a unit's inputs once instead of 8 times.
 
 struct Step { t: u32, n0c: u32, head0: u32, sinks_cached: u32 }
 struct Dims {
@@ -51,12 +54,11 @@ fn prefill_quarter(s: u32, u: u32, base: ptr<function, array<u32, 4>>,
 }
 
 @compute @workgroup_size(WGS)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32/*SUBGROUP*/) {
     let slot = wid.x * WGS + lid;
     let lane = slot % 8u;
     let g0 = (slot / 8u) * RG;
     let ngroups = (dims.n + 7u) / 8u;
-    if (g0 >= ngroups) { return; }
     let t0 = tile.index * TT;
     let tn = min(TT, step.t - t0);
     let units = dims.k / 32u;
@@ -71,6 +73,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let xb = u * 8u;
         if (TT == 1u) {
             // decode: the unit's 32 inputs once for all rows; per row d * (raw . x) + m * sum(x)
+            // (src/gpu.rs swaps these loads for subgroup broadcasts where subgroups are used)
             let x0 = x[xb]; let x1 = x[xb + 1u]; let x2 = x[xb + 2u]; let x3 = x[xb + 3u];
             let x4 = x[xb + 4u]; let x5 = x[xb + 5u]; let x6 = x[xb + 6u]; let x7 = x[xb + 7u];
             let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
@@ -96,6 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     for (var r = 0u; r < RG; r++) {
         let g = g0 + r;
+        if (g >= ngroups) { continue; }    // (no early return: subgroup operations need them all)
         for (var t = 0u; t < TT; t++) {
             if (t >= tn) { break; }
             let v = acc[r * TT + t];

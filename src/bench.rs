@@ -69,6 +69,8 @@ pub struct Latency {
 pub struct BenchReport {
     pub adapter: String,
     pub backend: String,
+    /// Whether the matmul used subgroup broadcasts (Gpu::subgroups).
+    pub subgroups: bool,
     pub prefill_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens: usize,
@@ -337,6 +339,7 @@ pub fn run(
     Ok(BenchReport {
         adapter: gpu.info.name.clone(),
         backend: format!("{:?}", gpu.info.backend),
+        subgroups: gpu.subgroups,
         prefill_tokens: prompt.len(),
         prefill_tokens_per_s: prompt.len() as f64 / prefill_s,
         decode_tokens: o.decode_tokens,
@@ -358,6 +361,7 @@ impl BenchReport {
         json!({
             "adapter": self.adapter,
             "backend": self.backend,
+            "subgroups": self.subgroups,
             "prefill_tokens": self.prefill_tokens,
             "prefill_tokens_per_s": self.prefill_tokens_per_s,
             "decode_tokens": self.decode_tokens,
@@ -398,7 +402,16 @@ impl BenchReport {
             t.push_str(&s);
             t.push('\n');
         };
-        line(format!("adapter      {} ({})", self.adapter, self.backend));
+        line(format!(
+            "adapter      {} ({}), {}",
+            self.adapter,
+            self.backend,
+            if self.subgroups {
+                "subgroup kernels"
+            } else {
+                "plain kernels (no subgroups)"
+            }
+        ));
         line(format!(
             "prefill      {:.1} tokens/s ({} tokens)",
             self.prefill_tokens_per_s, self.prefill_tokens

@@ -67,11 +67,34 @@ enum Slot {
     ReadWrite,
 }
 
+/// The decode product's 8 input vec4s of a unit, as matmul.wgsl loads them from its uniform
+/// window (every invocation all 8) and as the subgroup variant shares them: invocation l of each
+/// 8 loads vec4 l % 8 and subgroupBroadcast hands each to the whole subgroup (sizes of 8 or more).
+const X_UNIFORM: &str =
+    "let x0 = x[xb]; let x1 = x[xb + 1u]; let x2 = x[xb + 2u]; let x3 = x[xb + 3u];
+            let x4 = x[xb + 4u]; let x5 = x[xb + 5u]; let x6 = x[xb + 6u]; let x7 = x[xb + 7u];";
+const X_SUBGROUP: &str = "let xl = x[xb + sl % 8u];
+            let x0 = subgroupBroadcast(xl, 0u); let x1 = subgroupBroadcast(xl, 1u);
+            let x2 = subgroupBroadcast(xl, 2u); let x3 = subgroupBroadcast(xl, 3u);
+            let x4 = subgroupBroadcast(xl, 4u); let x5 = subgroupBroadcast(xl, 5u);
+            let x6 = subgroupBroadcast(xl, 6u); let x7 = subgroupBroadcast(xl, 7u);";
+
+/// matmul.wgsl, or its subgroup variant (the invocation's subgroup lane `sl` added to main).
+pub fn matmul(subgroups: bool) -> String {
+    if !subgroups {
+        return MATMUL.to_string();
+    }
+    assert!(MATMUL.contains(X_UNIFORM) && MATMUL.contains("/*SUBGROUP*/"));
+    MATMUL
+        .replace(X_UNIFORM, X_SUBGROUP)
+        .replace("/*SUBGROUP*/", ", @builtin(subgroup_invocation_id) sl: u32")
+}
+
 impl Kernel {
-    fn source(self) -> String {
+    fn source(self, subgroups: bool) -> String {
         match self {
-            Kernel::Matmul => format!("{MATMUL}\n{WEIGHTS}\n{NO_ROPE}"),
-            Kernel::MatmulRope => format!("{MATMUL}\n{WEIGHTS}\n{ROPE}"),
+            Kernel::Matmul => format!("{}\n{WEIGHTS}\n{NO_ROPE}", matmul(subgroups)),
+            Kernel::MatmulRope => format!("{}\n{WEIGHTS}\n{ROPE}", matmul(subgroups)),
             Kernel::Embed => format!("{EMBED}\n{WEIGHTS}"),
             Kernel::RmsNorm => RMSNORM.into(),
             Kernel::SiluMul => SILU_MUL.into(),
@@ -143,6 +166,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The matmul shares its inputs through subgroup broadcasts (native adapters with SUBGROUP
+    /// and subgroups of 8 invocations or more; never in browsers).
+    pub subgroups: bool,
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     allocated: Arc<AtomicU64>,
@@ -181,8 +207,18 @@ const NO_ADAPTER_HELP: &str = "this browser offers no WebGPU adapter. Use a rece
 default), Firefox 141+ on Windows, or Safari 26; on Linux Chrome may need chrome://flags/#enable-unsafe-webgpu.";
 
 impl Gpu {
-    /// Opens the default adapter (honours WGPU_BACKEND / WGPU_ADAPTER_NAME natively).
+    /// Opens the default adapter (honours WGPU_BACKEND / WGPU_ADAPTER_NAME natively), with the
+    /// subgroup kernels where the adapter allows them, unless SINKSTREAM_SUBGROUPS=0 (native).
     pub async fn new() -> Result<Gpu> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let subgroups = std::env::var("SINKSTREAM_SUBGROUPS").as_deref() != Ok("0");
+        #[cfg(target_arch = "wasm32")]
+        let subgroups = false;
+        Gpu::open(subgroups).await
+    }
+
+    /// Opens the default adapter; `subgroups: false` keeps to the kernels browsers run.
+    pub async fn open(subgroups: bool) -> Result<Gpu> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -224,7 +260,15 @@ impl Gpu {
         }
         let features = adapter.features();
         // Timestamps only serve profiles (`sinkstream bench --profile`); ask where offered.
-        let wanted = features & wgpu::Features::TIMESTAMP_QUERY;
+        // Subgroups speed up the decode matmul where a subgroup holds a whole row block (8).
+        let subgroups =
+            subgroups && features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
+        let wanted = features & wgpu::Features::TIMESTAMP_QUERY
+            | if subgroups {
+                wgpu::Features::SUBGROUP
+            } else {
+                wgpu::Features::empty()
+            };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("sinkstream"),
@@ -242,6 +286,7 @@ impl Gpu {
             info,
             limits,
             features,
+            subgroups,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             allocated: Arc::new(AtomicU64::new(0)),
@@ -253,6 +298,11 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Gpu> {
         pollster::block_on(Gpu::new())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_blocking(subgroups: bool) -> Result<Gpu> {
+        pollster::block_on(Gpu::open(subgroups))
     }
 
     /// Bytes held in buffers created through this context.
@@ -397,7 +447,7 @@ impl Gpu {
             self.device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(&format!("{kernel:?}")),
-                    source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source(self.subgroups).into()),
                 })
         });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel

@@ -1264,6 +1264,17 @@ fn info(a: InfoArgs) -> Result<()> {
     println!("device type  {:?}", i.device_type);
     println!("driver       {} {}", i.driver, i.driver_info);
     println!("vendor       {:#06x}, device {:#06x}", i.vendor, i.device);
+    println!(
+        "subgroups    {} (sizes {}..{}){}",
+        if gpu.subgroups { "used" } else { "not used" },
+        i.subgroup_min_size,
+        i.subgroup_max_size,
+        if gpu.subgroups || !gpu.features.contains(wgpu::Features::SUBGROUP) {
+            ""
+        } else {
+            " (SINKSTREAM_SUBGROUPS=0, or subgroups smaller than 8)"
+        }
+    );
     let l = &gpu.limits;
     println!("device limits (as sinkstream requests them):");
     println!(

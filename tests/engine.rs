@@ -10,7 +10,7 @@ use common::*;
 use sinkstream::cpu::{CpuModel, CpuSession};
 use sinkstream::model::RopeLayout;
 use sinkstream::tensor::DType;
-use sinkstream::{GpuModel, Logits, Policy, Session};
+use sinkstream::{Gpu, GpuModel, Logits, Policy, Session};
 use std::sync::Arc;
 
 const TOL: f32 = 2e-3;
@@ -25,12 +25,25 @@ fn check(
     max_batch: usize,
     binding_limit: Option<u64>,
 ) {
+    check_on(gpu(), spec, policy, n, blocks, max_batch, binding_limit);
+}
+
+/// `check` on a given GPU context.
+fn check_on(
+    g: Arc<Gpu>,
+    spec: &TinySpec,
+    policy: Policy,
+    n: usize,
+    blocks: &[usize],
+    max_batch: usize,
+    binding_limit: Option<u64>,
+) {
     let (cfg, w) = tiny_model(spec, 7);
     let cm = CpuModel::new(&cfg, &w);
     let mut cs = CpuSession::new(&cm, policy).unwrap();
     let gm = match binding_limit {
-        Some(b) => GpuModel::with_binding_limit(gpu(), &cfg, &w, b).unwrap(),
-        None => GpuModel::new(gpu(), &cfg, &w).unwrap(),
+        Some(b) => GpuModel::with_binding_limit(g, &cfg, &w, b).unwrap(),
+        None => GpuModel::new(g, &cfg, &w).unwrap(),
     };
     let mut gs = Session::new(Arc::new(gm), policy, max_batch).unwrap();
     let mut rng = Rng(99);
@@ -138,6 +151,36 @@ fn projection_sections_not_whole_blocks() {
             16,
             None,
         );
+    }
+}
+
+#[test]
+fn kernels_with_and_without_subgroups_match_cpu() {
+    // Where the adapter has subgroups (lavapipe does), the decode matmul shares its inputs by
+    // subgroup broadcasts and every other test here runs that variant; this one also runs the
+    // plain kernels browsers get, natively, for every weight format, single tokens and blocks.
+    let plain = Arc::new(Gpu::open_blocking(false).unwrap());
+    assert!(!plain.subgroups);
+    let sg = gpu();
+    for g in [plain, sg] {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_1,
+        ] {
+            let spec = TinySpec {
+                dtype,
+                bias: true,
+                ..Default::default()
+            };
+            let policy = Policy::Sink {
+                sinks: 2,
+                window: 9,
+            };
+            check_on(g.clone(), &spec, policy, 30, &[1, 5, 1], 8, None);
+        }
     }
 }
 
